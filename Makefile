@@ -1,0 +1,104 @@
+# Makefile — build, run and test ringmq. The README's two commands are
+# `make run` and `make test`; both install missing Debian packages first.
+#
+#   make            build everything into build/
+#   make run        build and start ringmqd with its defaults
+#   make test       unit tests, fuzz-corpus replay, integration tests
+#   make san        the same tests under ASan+UBSan (build-san/)
+#   make bench      benchmarks; writes docs/benchmarks.md figures to stdout
+#   make fuzz       short libFuzzer runs of every parser (clang)
+#   make clean
+
+CC ?= cc
+BUILD ?= build
+FUZZ_SECONDS ?= 30
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+	-Wpointer-arith -Wformat=2 -Wvla -Wundef -Wnull-dereference
+BASE_CFLAGS := -std=gnu11 -O2 -g -D_GNU_SOURCE -I. -fno-omit-frame-pointer -pthread $(WARN)
+ALL_CFLAGS = $(BASE_CFLAGS) $(EXTRA_CFLAGS) $(CFLAGS)
+LIBS := -luring -llz4 -lxxhash -pthread -lm
+TEST_LIBS := -lcmocka
+
+COMMON_SRC := common/say.c common/ioq.c
+STORAGE_SRC := storage/batch.c storage/segment.c storage/log.c storage/log_open.c \
+	storage/log_read.c
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+CORE_OBJ := $(call obj,$(COMMON_SRC) $(STORAGE_SRC))
+
+TOOLS := $(BUILD)/bin/mqdump
+UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/*/*.c))
+FUZZ_TARGETS := $(basename $(notdir $(wildcard tests/fuzz/fuzz_*.c)))
+REPLAYS := $(patsubst %,$(BUILD)/fuzz-replay/%,$(FUZZ_TARGETS))
+BENCHES := $(BUILD)/bench/bench_storage
+
+.PHONY: all deps run test test-run san bench fuzz clean
+
+all: $(TOOLS) $(UNIT_TESTS) $(REPLAYS) $(BENCHES)
+
+deps:
+	@tools/deps.sh
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/bin/mqdump: $(call obj,tools/mqdump.c) $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(call obj,tests/unit/testutil.c) $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS) $(TEST_LIBS)
+
+# Fuzz targets replayed over their corpus by a plain driver (any compiler).
+$(BUILD)/fuzz-replay/%: $(BUILD)/obj/tests/fuzz/%.o $(call obj,tests/fuzz/replay.c) $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
+
+$(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	$(BUILD)/bin/ringmqd
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory test-run
+
+test-run:
+	@tests/run_tests.sh $(BUILD) $(FUZZ_TARGETS)
+
+san: deps
+	@$(MAKE) --no-print-directory BUILD=build-san \
+		EXTRA_CFLAGS="-O1 -fsanitize=address,undefined -fno-sanitize-recover=all" all
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		tests/run_tests.sh build-san $(FUZZ_TARGETS)
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	tests/bench/run_bench.sh $(BUILD)
+
+# libFuzzer builds: clang, ASan+UBSan, each target for FUZZ_SECONDS over its
+# checked-in corpus; new inputs land in build-fuzz/corpus, not in the tree.
+FUZZ_CFLAGS := -std=gnu11 -O1 -g -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined \
+	-fno-sanitize-recover=all
+fuzz:
+	@tools/deps.sh --fuzz
+	@mkdir -p build-fuzz
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		clang $(FUZZ_CFLAGS) tests/fuzz/$$t.c $(COMMON_SRC) $(STORAGE_SRC) \
+			-o build-fuzz/$$t $(LIBS); \
+		mkdir -p build-fuzz/corpus/$$t; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \
+		build-fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+			build-fuzz/corpus/$$t tests/fuzz/corpus/$$t; \
+	done
+
+clean:
+	rm -rf build build-san build-fuzz
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
