@@ -48,7 +48,7 @@ $(BUILD)/bin/mqdump: $(call obj,tools/mqdump.c) $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(call obj,tests/unit/testutil.c) $(CORE_OBJ)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(call obj,tests/unit/testutil.c tests/unit/logcheck.c) $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS) $(TEST_LIBS)
 

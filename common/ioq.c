@@ -104,6 +104,14 @@ unsigned ioq_dispatch(struct ioq *q)
 		}
 		for (unsigned i = 0; i < n; i++) {
 			assert(h[i].op != NULL);
+			if (f != NULL && f->hold != NULL && f->nheld < IOQ_HELD_MAX &&
+			    f->hold(f->arg, h[i].op, h[i].res)) {
+				f->held[f->nheld].op = h[i].op;
+				f->held[f->nheld].res = h[i].res;
+				f->held[f->nheld].flags = h[i].flags;
+				f->nheld++;
+				continue;
+			}
 			if (f != NULL && f->hook != NULL)
 				f->hook(f->arg, h[i].op, &h[i].res);
 			h[i].op->done(h[i].op, h[i].res, h[i].flags);
@@ -112,6 +120,29 @@ unsigned ioq_dispatch(struct ioq *q)
 		total += n;
 	}
 	return total;
+}
+
+unsigned ioq_fault_release(struct ioq *q, unsigned max)
+{
+	struct ioq_fault *f = q->fault;
+	if (f == NULL || f->nheld == 0)
+		return 0;
+	if (f->shuffle) {
+		for (unsigned i = f->nheld; i > 1; i--) {
+			unsigned j = (unsigned)(xorshift(&f->seed) % i);
+			struct ioq_held t = f->held[i - 1];
+			f->held[i - 1] = f->held[j];
+			f->held[j] = t;
+		}
+	}
+	unsigned n = max < f->nheld ? max : f->nheld;
+	/* Deliver from the end, so a handler that holds again appends
+	 * safely behind what is still to be delivered. */
+	for (unsigned i = 0; i < n; i++) {
+		struct ioq_held h = f->held[--f->nheld];
+		h.op->done(h.op, h.res, h.flags);
+	}
+	return n;
 }
 
 int ioq_wait(struct ioq *q, int timeout_ms)

@@ -24,23 +24,42 @@
 
 enum ioq_kind {
 	IOQ_OTHER = 0,
-	IOQ_WRITE, /* a write to a file: res is bytes written */
+	IOQ_WRITE,     /* a write of log data: res is bytes written */
+	IOQ_INDEX,     /* a write to an index file */
 	IOQ_FSYNC,
 	IOQ_READ,
 	IOQ_NET,
+	IOQ_OPEN,      /* res is a file descriptor */
+	IOQ_FALLOCATE, /* fallocate: reserve, punch */
+	IOQ_TRUNCATE,
+	IOQ_UNLINK,
 };
+
+#define IOQ_HELD_MAX 1024
 
 struct ioq_op {
 	void (*done)(struct ioq_op *op, int res, unsigned cqe_flags);
 	enum ioq_kind kind;
 };
 
+struct ioq_held {
+	struct ioq_op *op;
+	int res;
+	unsigned flags;
+};
+
 struct ioq_fault {
 	/* Sees every completion before done(); may rewrite *res. */
 	void (*hook)(void *arg, const struct ioq_op *op, int *res);
+	/* Returns true to hold a completion back until ioq_fault_release():
+	 * the kernel is done with it, but its owner does not know yet, as if
+	 * the kernel had completed it later. Held completions skip `hook`. */
+	bool (*hold)(void *arg, const struct ioq_op *op, int res);
 	void *arg;
 	bool shuffle;
 	uint64_t seed; /* xorshift state for the shuffle; nonzero */
+	struct ioq_held held[IOQ_HELD_MAX];
+	unsigned nheld;
 };
 
 struct ioq {
@@ -71,6 +90,10 @@ unsigned ioq_dispatch(struct ioq *q);
  * (-1: no timeout), then dispatches. Returns completions dispatched, or -errno
  * (-ETIME on timeout is reported as 0). */
 int ioq_wait(struct ioq *q, int timeout_ms);
+
+/* Tests: delivers up to `max` held completions (in a shuffled order if the
+ * fault says so). Returns how many. */
+unsigned ioq_fault_release(struct ioq *q, unsigned max);
 
 /* True if the running kernel supports io_uring opcode `opcode`. */
 bool ioq_supports(struct ioq *q, int opcode);

@@ -296,7 +296,7 @@ static bool seg_op_finish(struct segment *seg)
 static void prep_ftruncate(struct segment *seg, struct seg_op *o, int fd, uint64_t len,
 			   void (*done)(struct ioq_op *, int, unsigned), int which)
 {
-	struct io_uring_sqe *sqe = seg_sqe(seg, o, done, which, IOQ_OTHER);
+	struct io_uring_sqe *sqe = seg_sqe(seg, o, done, which, IOQ_TRUNCATE);
 	if (seg->log->env->ftruncate_op) {
 		io_uring_prep_rw(RINGMQ_IORING_OP_FTRUNCATE, sqe, fd, NULL, 0, len);
 	} else {
@@ -784,7 +784,7 @@ static void idx_writer_kick(struct segment *seg, struct idx_writer *w, bool tix,
 		return;
 	w->inflight = true;
 	w->count = count;
-	struct io_uring_sqe *sqe = seg_sqe(seg, &w->op, idx_writer_done, tix, IOQ_WRITE);
+	struct io_uring_sqe *sqe = seg_sqe(seg, &w->op, idx_writer_done, tix, IOQ_INDEX);
 	io_uring_prep_write(sqe, fd, w->buf, (unsigned)(count * esz), (uint64_t)done * esz);
 }
 
@@ -958,7 +958,10 @@ static void create_failed(struct segment *seg, int err)
 	seg->fd = seg->idx_fd = seg->tix_fd = -1;
 	for (struct chunk *c = log->chunk_head, *n; c != NULL; c = n) {
 		n = c->next;
-		assert(c->seg == seg && c->inflight == 0);
+		/* The sealed segment's last chunk may still be listed, fully
+		 * written; everything staged for this segment was never sent. */
+		assert(c->inflight == 0);
+		assert(c->seg == seg || c->written == c->fill);
 		log->env->staged -= c->fill - c->written;
 		chunk_put(log->env, c);
 	}
@@ -990,11 +993,11 @@ static void create_step(struct segment *seg)
 		seg->state = SEG_CREATING;
 		io->step_no = 1;
 		io->step_pending = 3;
-		io_uring_prep_openat(seg_sqe(seg, &io->step[0], create_op_done, 0, IOQ_OTHER),
+		io_uring_prep_openat(seg_sqe(seg, &io->step[0], create_op_done, 0, IOQ_OPEN),
 				     log->dirfd, seg->name_log, flags, 0644);
-		io_uring_prep_openat(seg_sqe(seg, &io->step[1], create_op_done, 1, IOQ_OTHER),
+		io_uring_prep_openat(seg_sqe(seg, &io->step[1], create_op_done, 1, IOQ_OPEN),
 				     log->dirfd, seg->name_idx, flags, 0644);
-		io_uring_prep_openat(seg_sqe(seg, &io->step[2], create_op_done, 2, IOQ_OTHER),
+		io_uring_prep_openat(seg_sqe(seg, &io->step[2], create_op_done, 2, IOQ_OPEN),
 				     log->dirfd, seg->name_tix, flags, 0644);
 		return;
 	case 1: /* the new names must survive a crash before any data in them */
@@ -1008,7 +1011,7 @@ static void create_step(struct segment *seg)
 		if (log->cfg.preallocate) {
 			io->step_pending = 1;
 			io_uring_prep_fallocate(
-				seg_sqe(seg, &io->step[0], create_op_done, 0, IOQ_OTHER), seg->fd, 0,
+				seg_sqe(seg, &io->step[0], create_op_done, 0, IOQ_FALLOCATE), seg->fd, 0,
 				0, (off_t)log->cfg.segment_bytes);
 			seg->file_size = log->cfg.segment_bytes;
 			return;
@@ -1092,7 +1095,7 @@ static void rewind_step(struct log *log)
 		io->step_no = 0;
 		io->step_pending = 3;
 		struct io_uring_sqe *sqe =
-			seg_sqe(seg, &io->step[0], rewind_op_done, 0, IOQ_OTHER);
+			seg_sqe(seg, &io->step[0], rewind_op_done, 0, IOQ_FALLOCATE);
 		if (seg->submitted_pos > seg->written_pos)
 			io_uring_prep_fallocate(sqe, seg->fd,
 						FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
@@ -1217,7 +1220,7 @@ static int retention_delete(struct log *log)
 		 log->dir, seg->name_log, seg->end_pos, log->start);
 	const char *names[] = { seg->name_log, seg->name_idx, seg->name_tix };
 	for (int i = 0; i < 3; i++)
-		io_uring_prep_unlinkat(seg_sqe(seg, &seg->io->step[i], delete_op_done, i, IOQ_OTHER),
+		io_uring_prep_unlinkat(seg_sqe(seg, &seg->io->step[i], delete_op_done, i, IOQ_UNLINK),
 				       log->dirfd, names[i], 0);
 	seg_unref(seg);
 	return 0;
