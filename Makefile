@@ -23,15 +23,20 @@ TEST_LIBS := -lcmocka
 COMMON_SRC := common/say.c common/ioq.c
 STORAGE_SRC := storage/batch.c storage/segment.c storage/log.c storage/log_open.c \
 	storage/log_read.c
+PROTO_SRC := proto/proto.c
+BROKER_SRC := $(wildcard broker/*.c)
+# The broker's pure parsers, linked into unit tests and fuzz targets too.
+PARSER_SRC := broker/config.c broker/http_parse.c
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
-CORE_OBJ := $(call obj,$(COMMON_SRC) $(STORAGE_SRC))
+CORE_OBJ := $(call obj,$(COMMON_SRC) $(STORAGE_SRC) $(PROTO_SRC))
+PARSER_OBJ := $(call obj,$(PARSER_SRC))
 
-TOOLS := $(BUILD)/bin/mqdump
+TOOLS := $(BUILD)/bin/mqdump $(BUILD)/bin/ringmqd
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/*/*.c))
 FUZZ_TARGETS := $(basename $(notdir $(wildcard tests/fuzz/fuzz_*.c)))
 REPLAYS := $(patsubst %,$(BUILD)/fuzz-replay/%,$(FUZZ_TARGETS))
-BENCHES := $(BUILD)/bench/bench_storage
+BENCHES := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*.c))
 
 .PHONY: all deps run test test-run san bench fuzz clean
 
@@ -40,26 +45,43 @@ all: $(TOOLS) $(UNIT_TESTS) $(REPLAYS) $(BENCHES)
 deps:
 	@tools/deps.sh
 
+# V=1 shows the full commands.
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+	@$(if $(Q),echo "  CC    $<")
+	$(Q)$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/bin/mqdump: $(call obj,tools/mqdump.c) $(CORE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
+	@$(if $(Q),echo "  LD    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(call obj,tests/unit/testutil.c tests/unit/logcheck.c) $(CORE_OBJ)
+$(BUILD)/bin/ringmqd: $(call obj,$(BROKER_SRC)) $(CORE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS) $(TEST_LIBS)
+	@$(if $(Q),echo "  LD    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(call obj,tests/unit/testutil.c tests/unit/logcheck.c tests/unit/tbroker.c) $(CORE_OBJ) $(PARSER_OBJ)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS) $(TEST_LIBS)
 
 # Fuzz targets replayed over their corpus by a plain driver (any compiler).
-$(BUILD)/fuzz-replay/%: $(BUILD)/obj/tests/fuzz/%.o $(call obj,tests/fuzz/replay.c) $(CORE_OBJ)
+$(BUILD)/fuzz-replay/%: $(BUILD)/obj/tests/fuzz/%.o $(call obj,tests/fuzz/replay.c) $(CORE_OBJ) $(PARSER_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
+	@$(if $(Q),echo "  LD    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
 
 $(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(CORE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
+	@$(if $(Q),echo "  LD    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
 
 run: deps
 	@$(MAKE) --no-print-directory all
@@ -90,7 +112,8 @@ fuzz:
 	@tools/deps.sh --fuzz
 	@mkdir -p build-fuzz
 	@set -e; for t in $(FUZZ_TARGETS); do \
-		clang $(FUZZ_CFLAGS) tests/fuzz/$$t.c $(COMMON_SRC) $(STORAGE_SRC) \
+		clang $(FUZZ_CFLAGS) tests/fuzz/$$t.c $(COMMON_SRC) $(STORAGE_SRC) $(PROTO_SRC) \
+			$(PARSER_SRC) \
 			-o build-fuzz/$$t $(LIBS); \
 		mkdir -p build-fuzz/corpus/$$t; \
 		echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \

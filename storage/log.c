@@ -117,6 +117,32 @@ size_t log_env_staged(const struct log_env *env)
 	return env->staged;
 }
 
+void log_env_set_fsync_delay(struct log_env *env, uint32_t delay_ms)
+{
+	env->fsync_delay_ms = delay_ms;
+}
+
+size_t log_env_staging_max(const struct log_env *env)
+{
+	return env->staging_max;
+}
+
+const uint32_t log_fsync_buckets_us[LOG_FSYNC_BUCKETS - 1] = {
+	50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000,
+};
+
+const struct log_env_stats *log_env_stats(const struct log_env *env)
+{
+	return &env->stats;
+}
+
+static int64_t mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static struct chunk *chunk_get(struct log_env *env, uint32_t need)
 {
 	struct chunk *c;
@@ -727,6 +753,8 @@ static void log_advance(struct log *log)
 			seg->written_pos = w->file_pos + w->len;
 			c->written += w->len;
 			written = w->end_offset;
+			env->stats.bytes_written += w->len;
+			env->stats.writes++;
 			assert(env->staged >= w->len);
 			env->staged -= w->len;
 		}
@@ -765,14 +793,17 @@ static void idx_writer_kick(struct segment *seg, struct idx_writer *w, bool tix,
 	int fd = tix ? seg->tix_fd : seg->idx_fd;
 	uint32_t done = tix ? seg->tix_written : seg->idx_written;
 	uint32_t n = tix ? seg->tix_n : seg->idx_n;
-	uint64_t written_off = seg->written_pos == seg->end_pos ? seg->end_offset
-								 : seg->log->written_end;
+	/* Only entries of durable batches may reach the file: recovery trusts
+	 * every byte before the last valid entry, and a crash can lose unsynced
+	 * pages in any order, not just a suffix. Sealing (all) syncs the data
+	 * first. */
+	uint64_t durable_off = seg->log->durable_end;
 	uint32_t count = 0;
 	size_t esz = tix ? TIX_ENTRY_SIZE : IDX_ENTRY_SIZE;
 	while (done + count < n && count < IDXW_ENTRIES) {
 		uint32_t k = done + count;
 		uint32_t rel = tix ? seg->tix[k].rel_offset : seg->idx[k].rel_offset;
-		if (!all && seg->base + rel >= written_off)
+		if (!all && seg->base + rel >= durable_off)
 			break;
 		if (tix)
 			tix_encode(w->buf + count * esz, &seg->tix[k]);
@@ -884,23 +915,27 @@ static void seal_step(struct segment *seg)
 			}
 		}
 		/* fallthrough */
-	case 2: /* index files complete */
+	case 2: /* the data is durable before the last index entries are written */
+		io->step_no = 3;
+		io->step_pending = 1;
+		io_uring_prep_fsync(seg_sqe(seg, &io->step[0], seal_op_done, 0, IOQ_FSYNC), seg->fd,
+				    IORING_FSYNC_DATASYNC);
+		return;
+	case 3: /* index files complete */
 		idx_flush(seg, true);
 		if (io->idx_w.inflight || io->tix_w.inflight)
 			return;
 		if (!seg->index_broken &&
 		    (seg->idx_written < seg->idx_n || seg->tix_written < seg->tix_n))
 			return;
-		io->step_no = 3;
-		io->step_pending = 3;
-		io_uring_prep_fsync(seg_sqe(seg, &io->step[0], seal_op_done, 0, IOQ_FSYNC), seg->fd,
-				    IORING_FSYNC_DATASYNC);
-		io_uring_prep_fsync(seg_sqe(seg, &io->step[1], seal_op_done, 1, IOQ_FSYNC),
+		io->step_no = 4;
+		io->step_pending = 2;
+		io_uring_prep_fsync(seg_sqe(seg, &io->step[0], seal_op_done, 0, IOQ_FSYNC),
 				    seg->idx_fd, IORING_FSYNC_DATASYNC);
-		io_uring_prep_fsync(seg_sqe(seg, &io->step[2], seal_op_done, 2, IOQ_FSYNC),
+		io_uring_prep_fsync(seg_sqe(seg, &io->step[1], seal_op_done, 1, IOQ_FSYNC),
 				    seg->tix_fd, IORING_FSYNC_DATASYNC);
 		return;
-	case 3: /* synced: CLOSED */
+	case 4: /* synced: CLOSED */
 		break;
 	}
 	seg->state = SEG_CLOSED;
@@ -1136,6 +1171,14 @@ static void sync_done(struct ioq_op *op, int res, unsigned flags)
 	bool alive = seg_op_finish(seg);
 	log->sync_inflight = false;
 	log->last_sync_ms = log_wall_ms();
+	struct log_env_stats *st = &log->env->stats;
+	uint64_t us = (uint64_t)(mono_us() - log->sync_started_us);
+	unsigned b = 0;
+	while (b < LOG_FSYNC_BUCKETS - 1 && us > log_fsync_buckets_us[b])
+		b++;
+	st->fsync_hist[b]++;
+	st->fsyncs++;
+	st->fsync_us_total += us;
 	if (res < 0) {
 		/* After a failed fdatasync the kernel may have dropped the dirty
 		 * pages: nothing written since the last good one can be trusted. */
@@ -1146,7 +1189,23 @@ static void sync_done(struct ioq_op *op, int res, unsigned flags)
 		seg->synced_pos = log->sync_pos;
 	if (log->sync_target > log->durable_end)
 		log_set_watermarks(log, log->written_end, log->sync_target); /* (D) */
+	if (alive && seg->state == SEG_ACTIVE)
+		idx_flush(seg, false); /* the entries this sync made safe to write */
 	log_mark_dirty(log);
+}
+
+/* Tests: the delay before an fdatasync is over; (D) still holds, since the
+ * target was captured before and the fdatasync is submitted only now. */
+static void sync_delay_done(struct ioq_op *op, int res, unsigned flags)
+{
+	struct seg_op *o = (struct seg_op *)op;
+	struct segment *seg = o->seg;
+	(void)res;
+	(void)flags;
+	if (!seg_op_finish(seg))
+		return;
+	io_uring_prep_fsync(seg_sqe(seg, &seg->log->sync_op, sync_done, 0, IOQ_FSYNC), seg->fd,
+			    IORING_FSYNC_DATASYNC);
 }
 
 static void sync_start(struct log *log)
@@ -1172,8 +1231,18 @@ static void sync_start(struct log *log)
 		return;
 	}
 	log->sync_inflight = true;
+	log->sync_started_us = mono_us();
 	log->sync_target = log->written_end;
 	log->sync_pos = seg->written_pos;
+	if (log->env->fsync_delay_ms > 0) {
+		uint32_t ms = log->env->fsync_delay_ms;
+		log->sync_delay_ts.tv_sec = ms / 1000;
+		log->sync_delay_ts.tv_nsec = (long long)(ms % 1000) * 1000000;
+		io_uring_prep_timeout(seg_sqe(seg, &log->sync_delay_op, sync_delay_done, 0,
+					      IOQ_OTHER),
+				      &log->sync_delay_ts, 0, 0);
+		return;
+	}
 	io_uring_prep_fsync(seg_sqe(seg, &log->sync_op, sync_done, 0, IOQ_FSYNC), seg->fd,
 			    IORING_FSYNC_DATASYNC);
 }
@@ -1247,6 +1316,8 @@ static void retention_run(struct log *log, int64_t now_ms)
 
 void log_tick(struct log *log, int64_t now_ms)
 {
+	if (log->sync_wanted)
+		log_mark_dirty(log); /* e.g. the first fdatasync after log_open */
 	if (log->failed || log->wfail)
 		return;
 	struct segment *seg = log_last(log);
@@ -1261,6 +1332,42 @@ void log_tick(struct log *log, int64_t now_ms)
 		log_mark_dirty(log);
 	}
 	retention_run(log, now_ms);
+}
+
+bool log_busy(const struct log *log)
+{
+	if (log->ops_inflight > 0 || log->wops_inflight > 0)
+		return true;
+	for (struct chunk *c = log->chunk_head; c != NULL; c = c->next)
+		if (c->written != c->fill)
+			return true;
+	return false;
+}
+
+void log_discard(struct log *log)
+{
+	struct log_env *env = log->env;
+	assert(!log_busy(log));
+	log_drop_waiters(log, -ENOENT);
+	for (struct chunk *c = log->chunk_head, *n; c != NULL; c = n) {
+		n = c->next;
+		chunk_put(env, c);
+	}
+	if (log->in_dirty_list) {
+		for (struct log **p = &env->dirty; *p; p = &(*p)->next_dirty) {
+			if (*p == log) {
+				*p = log->next_dirty;
+				break;
+			}
+		}
+	}
+	for (uint32_t i = 0; i < log->nsegs; i++)
+		seg_unref(log->segs[i]); /* pinned ones live on until released */
+	free(log->segs);
+	close(log->dirfd);
+	free(log->dir);
+	env->logs--;
+	free(log);
 }
 
 /* ---- synchronous wrappers ---- */

@@ -90,12 +90,30 @@ struct log_env *log_env_new(struct ioq *q, size_t staging_max);
 /* All logs of the env must be closed first. */
 void log_env_free(struct log_env *env);
 
+/* Tests only: every fdatasync starts this long after it is asked for, so a
+ * test can observe that acknowledgements wait for it. */
+void log_env_set_fsync_delay(struct log_env *env, uint32_t delay_ms);
+
 /* Turns staged appends into writes and starts wanted fdatasyncs. Call before
  * submitting the ring, once per loop iteration. */
 void log_env_flush(struct log_env *env);
 
 /* Bytes currently staged across the env's logs. */
 size_t log_env_staged(const struct log_env *env);
+size_t log_env_staging_max(const struct log_env *env);
+
+/* fdatasync latency, for metrics. Bucket i counts syncs that took at most
+ * log_fsync_buckets_us[i] microseconds; the last bucket is unbounded. */
+#define LOG_FSYNC_BUCKETS 14
+extern const uint32_t log_fsync_buckets_us[LOG_FSYNC_BUCKETS - 1];
+struct log_env_stats {
+	uint64_t fsyncs;
+	uint64_t fsync_us_total;
+	uint64_t fsync_hist[LOG_FSYNC_BUCKETS];
+	uint64_t bytes_written;
+	uint64_t writes;
+};
+const struct log_env_stats *log_env_stats(const struct log_env *env);
 
 /* What log_open() found and repaired. */
 struct log_recovery {
@@ -111,7 +129,9 @@ struct log_recovery {
 /* Opens (creating if needed) the log in `dir`, which must exist. Scans only
  * the active segment from its last valid index entry, cuts a torn or corrupt
  * tail, and rebuilds a missing or damaged active index. Blocking; for
- * start-up. Returns 0 with *out, or -errno. `report` may be NULL. */
+ * start-up and admin threads: it may run on any thread, since it changes
+ * nothing in the env; the log belongs to the env's thread from its first
+ * other call. Returns 0 with *out, or -errno. `report` may be NULL. */
 int log_open(struct log_env *env, const char *dir, const struct log_config *cfg,
 	     struct log **out, struct log_recovery *report);
 
@@ -119,6 +139,14 @@ int log_open(struct log_env *env, const char *dir, const struct log_config *cfg,
  * indexes, closes the files and frees the log. Blocking; pending waiters get
  * their results before it returns. Returns 0 or the first I/O error. */
 int log_close(struct log *log);
+
+/* True while the log has I/O in flight or staged bytes. */
+bool log_busy(const struct log *log);
+
+/* Frees a log whose files are being deleted: no fdatasync, no index
+ * writes. The log must not be busy. Waiters get -ENOENT. Slices still
+ * pinned stay readable until released. */
+void log_discard(struct log *log);
 
 /* Applies a new config (retention, flush, segment sizes) from now on. */
 int log_set_config(struct log *log, const struct log_config *cfg);
@@ -176,6 +204,7 @@ struct log_slice {
  * offset is outside [start, visible_end], -EBADMSG if the stored bytes are
  * damaged where the lookup had to read them, or a read errno. */
 int log_read(struct log *log, uint64_t offset, uint32_t max_bytes, struct log_slice *slice);
+/* `log` may be NULL: a slice outlives its log (a deleted topic) safely. */
 void log_slice_release(struct log *log, struct log_slice *slice);
 
 /* The first offset whose record timestamp is >= ts_ms, or visible_end if

@@ -142,8 +142,10 @@ struct log_env {
 	uint32_t free_chunk_count;
 	struct wop *free_wops;
 	struct log *dirty;      /* logs with work for log_env_flush */
-	uint32_t logs;
+	_Atomic uint32_t logs;  /* log_open may run on another thread */
+	struct log_env_stats stats;
 	bool ftruncate_op;      /* the kernel has IORING_OP_FTRUNCATE */
+	uint32_t fsync_delay_ms; /* tests: see log_env_set_fsync_delay */
 };
 
 struct log {
@@ -163,6 +165,9 @@ struct log {
 	bool sync_inflight, sync_wanted;
 	uint64_t sync_target;
 	uint64_t sync_pos;
+	int64_t sync_started_us;
+	struct seg_op sync_delay_op;
+	struct __kernel_timespec sync_delay_ts;
 	int64_t last_sync_ms;
 	/* waiters */
 	struct log_waiter *wq_head, *wq_tail; /* written */

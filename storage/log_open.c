@@ -167,23 +167,36 @@ static bool batch_ok_at(int fd, uint64_t file_size, uint64_t pos, uint64_t base)
 	return ok;
 }
 
-/* How far non-zero bytes reach past `from`, for reporting a cut. */
+/* How far non-zero bytes reach past `from`, for reporting a cut. Holes
+ * (punched, or preallocated and never written) read as zeros and are
+ * skipped, so the common all-zero tail costs no reads. */
 static uint64_t nonzero_extent(int fd, uint64_t from, uint64_t file_size)
 {
-	static uint8_t buf[64 << 10];
+	uint8_t *buf = malloc(64 << 10);
 	uint64_t last = from;
-	for (uint64_t pos = from; pos < file_size;) {
-		ssize_t n = pread(fd, buf, sizeof(buf), (off_t)pos);
-		if (n <= 0)
+	for (uint64_t pos = from; buf != NULL && pos < file_size;) {
+		off_t data = lseek(fd, (off_t)pos, SEEK_DATA);
+		if (data < 0 && errno == ENXIO)
 			break;
-		for (ssize_t i = n; i-- > 0;) {
-			if (buf[i] != 0) {
-				last = pos + (uint64_t)i + 1;
+		off_t hole = data < 0 ? -1 : lseek(fd, data, SEEK_HOLE);
+		uint64_t stop = hole < 0 || (uint64_t)hole > file_size ? file_size : (uint64_t)hole;
+		for (pos = data < 0 ? pos : (uint64_t)data; pos < stop;) {
+			size_t want = stop - pos < (64 << 10) ? (size_t)(stop - pos) : (64 << 10);
+			ssize_t n = pread(fd, buf, want, (off_t)pos);
+			if (n <= 0) {
+				pos = file_size;
 				break;
 			}
+			for (ssize_t i = n; i-- > 0;) {
+				if (buf[i] != 0) {
+					last = pos + (uint64_t)i + 1;
+					break;
+				}
+			}
+			pos += (uint64_t)n;
 		}
-		pos += (uint64_t)n;
 	}
+	free(buf);
 	return last - from;
 }
 
@@ -263,10 +276,15 @@ static int seg_recover(struct log *log, struct segment *seg, struct log_recovery
 		return ret;
 
 	rep->scanned_bytes += end - scan_from;
-	if (ret != 0) {
+	/* A zero header ends the scan like the end of the file, but writes in
+	 * flight reach the disk in any order: data may follow it, and the punch
+	 * below discards it. Report that like any other cut. */
+	uint64_t stray = nonzero_extent(seg->fd, end, seg->file_size);
+	if (ret != 0 || stray > 0) {
 		rep->truncated_at = end;
-		rep->truncated_bytes = nonzero_extent(seg->fd, end, seg->file_size);
-		rep->truncated_why = stop_reason(ret);
+		rep->truncated_bytes = stray;
+		rep->truncated_why = ret != 0 ? stop_reason(ret)
+					      : "data after unwritten space (lost writes)";
 		say_warn("log %s: %s: cut %" PRIu64 " bytes at position %" PRIu64
 			 ": %s; the log ends at offset %" PRIu64,
 			 log->dir, seg->name_log, rep->truncated_bytes, end, rep->truncated_why,
@@ -292,13 +310,15 @@ static int seg_recover(struct log *log, struct segment *seg, struct log_recovery
 			seg->file_size = want;
 	}
 
-	ret = rewrite_index(seg->idx_fd, seg, false, idx_keep);
-	if (ret == 0)
-		ret = rewrite_index(seg->tix_fd, seg, true, tix_keep);
-	if (ret != 0)
-		return ret;
-	seg->idx_written = seg->idx_n;
-	seg->tix_written = seg->tix_n;
+	/* The file keeps only the entries that were already there. The scan's
+	 * entries cover batches that may exist only in the page cache (after a
+	 * kill -9): the index writer writes them once the start-up fdatasync
+	 * has made those batches durable, so an entry never outlives its data. */
+	if (ftruncate(seg->idx_fd, (off_t)idx_keep * IDX_ENTRY_SIZE) != 0 ||
+	    ftruncate(seg->tix_fd, (off_t)tix_keep * TIX_ENTRY_SIZE) != 0)
+		return -errno;
+	seg->idx_written = idx_keep;
+	seg->tix_written = tix_keep;
 	seg->idx_loaded = true;
 
 	seg->end_pos = seg->submitted_pos = seg->written_pos = end;
@@ -487,10 +507,8 @@ int log_open(struct log_env *env, const char *dir, const struct log_config *cfg,
 	 * and visible on flush-always logs, after the first fdatasync. */
 	log->durable_end = last->end_pos > 0 ? last->base : log->end;
 	last->synced_pos = last->end_pos > 0 ? 0 : last->end_pos;
-	if (log->durable_end < log->written_end) {
-		log->sync_wanted = true;
-		log_mark_dirty(log);
-	}
+	/* The first log_tick (or wait) on the env's thread starts it. */
+	log->sync_wanted = log->durable_end < log->written_end;
 	env->logs++;
 	*out = log;
 	return 0;
@@ -535,18 +553,23 @@ int log_close(struct log *log)
 	int ret = log->failed;
 	struct segment *last = log->segs[log->nsegs - 1];
 	if (ret == 0 && last->state == SEG_ACTIVE) {
-		/* Index files complete and everything synced. */
-		if (!last->index_broken) {
-			int r1 = rewrite_index(last->idx_fd, last, false, last->idx_written);
-			int r2 = rewrite_index(last->tix_fd, last, true, last->tix_written);
-			if (r1 || r2)
-				say_warn("log %s: cannot write index on close; open rebuilds it",
-					 log->dir);
-		}
-		if (fdatasync(last->fd) != 0 || fdatasync(last->idx_fd) != 0 ||
-		    fdatasync(last->tix_fd) != 0)
+		/* Everything synced, the data before the index entries that
+		 * cover it, and the index files complete. */
+		if (fdatasync(last->fd) != 0) {
 			ret = -errno;
-		else if (log->durable_end < log->written_end)
+		} else {
+			if (!last->index_broken) {
+				int r1 = rewrite_index(last->idx_fd, last, false,
+						       last->idx_written);
+				int r2 = rewrite_index(last->tix_fd, last, true, last->tix_written);
+				if (r1 || r2)
+					say_warn("log %s: cannot write index on close; open "
+						 "rebuilds it", log->dir);
+			}
+			if (fdatasync(last->idx_fd) != 0 || fdatasync(last->tix_fd) != 0)
+				ret = -errno;
+		}
+		if (ret == 0 && log->durable_end < log->written_end)
 			log_set_watermarks(log, log->written_end, log->written_end);
 	}
 	/* Waiters left now can never be satisfied. */

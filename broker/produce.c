@@ -1,0 +1,243 @@
+/* produce.c — the produce request: validate every batch, append, and reply
+ * per acks once the log says the batches are written or durable.
+ *
+ * A partition's batches are appended only if all of them are valid, so a
+ * bad batch never leaves part of a request in the log. acks=0 gets no reply;
+ * acks=1 a reply once written (page cache); acks=all once on stable storage
+ * if the topic flushes "always", else once written (docs/protocol.md). */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/broker.h"
+#include "common/say.h"
+#include "storage/batch.h"
+
+#define MSG_MAX 120
+
+struct pwait {
+	struct log_waiter w;
+	struct produce_req *pr;
+	uint32_t index; /* into resp_parts */
+};
+
+struct produce_req {
+	struct conn *c;
+	uint32_t corr;
+	int8_t acks;
+	uint32_t pending; /* waiters outstanding, +1 while being set up */
+	bool async;
+	struct proto_produce_resp resp;
+	struct proto_produce_resp_part *parts;
+	struct pwait *waits;
+	char *msgs; /* MSG_MAX bytes per partition */
+};
+
+static void produce_finish(struct produce_req *pr)
+{
+	struct conn *c = pr->c;
+	if (pr->acks != PROTO_ACKS_NONE && !c->closed) {
+		size_t size = 64;
+		for (uint32_t i = 0; i < pr->resp.ntopics; i++) {
+			size += 8 + pr->resp.topics[i].name.len;
+			for (uint32_t k = 0; k < pr->resp.topics[i].nparts; k++)
+				size += 32 + pr->resp.topics[i].parts[k].msg.len;
+		}
+		struct pw w;
+		pw_init_dyn(&w, size, c->loop->cfg->max_frame_bytes);
+		size_t start = proto_resp_begin(&w, pr->corr, ERR_NONE, NULL);
+		proto_encode_response(&w, API_PRODUCE, (union proto_response *)&pr->resp);
+		proto_frame_end(&w, start);
+		conn_send_pw(c, &w);
+	}
+	if (pr->async) {
+		conn_request_done(c);
+		conn_unref(c);
+	}
+	free(pr);
+}
+
+static void set_err(struct produce_req *pr, uint32_t i, uint16_t err, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void set_err(struct produce_req *pr, uint32_t i, uint16_t err, const char *fmt, ...)
+{
+	char *m = pr->msgs + (size_t)i * MSG_MAX;
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(m, MSG_MAX, fmt, ap);
+	va_end(ap);
+	pr->parts[i].err = err;
+	pr->parts[i].msg = (struct pstr){ m, (uint16_t)(n < 0 ? 0 : n >= MSG_MAX ? MSG_MAX - 1 : n) };
+	pr->c->loop->api[API_PRODUCE].errors++;
+}
+
+static void wait_done(struct log_waiter *w, int err)
+{
+	struct pwait *pw = (struct pwait *)w;
+	struct produce_req *pr = pw->pr;
+	if (err != 0)
+		set_err(pr, pw->index, err_from_errno(err), "the batches could not be %s: %s",
+			err == -ENOENT ? "kept (topic deleted)" : "stored", strerror(-err));
+	if (--pr->pending == 0)
+		produce_finish(pr);
+}
+
+/* Checks every batch of one partition's data. Returns the record count, or
+ * 0 with the partition's error set. */
+static uint64_t validate(struct produce_req *pr, uint32_t i, const struct topic *t,
+			 struct pbytes data)
+{
+	uint64_t records = 0;
+	uint32_t max = t->cfg.max_message_bytes;
+	if (data.len == 0) {
+		set_err(pr, i, ERR_INVALID_REQUEST, "no batches for this partition");
+		return 0;
+	}
+	for (uint32_t off = 0; off < data.len;) {
+		struct batch_hdr h;
+		int ret = batch_verify(data.p + off, data.len - off, &h);
+		if (ret == -ENODATA) {
+			set_err(pr, i, ERR_CORRUPT_BATCH, "batch at byte %u is cut short", off);
+			return 0;
+		}
+		if (ret != 0) {
+			set_err(pr, i, ERR_CORRUPT_BATCH,
+				"batch at byte %u has a bad header or checksum", off);
+			return 0;
+		}
+		if (h.length > max || h.records_size > max) {
+			set_err(pr, i, ERR_BATCH_TOO_LARGE,
+				"batch of %u bytes (%u uncompressed) exceeds max.message.bytes %u",
+				h.length, h.records_size, max);
+			return 0;
+		}
+		/* Record framing is checked for uncompressed batches; lz4
+		 * batches are checked by consumers, to keep decompression off
+		 * the broker's hot path. */
+		if (batch_compression(&h) == BATCH_COMPRESSION_NONE &&
+		    batch_check_records(data.p + off, &h, NULL, 0) != 0) {
+			set_err(pr, i, ERR_CORRUPT_BATCH, "batch at byte %u has malformed records",
+				off);
+			return 0;
+		}
+		records += h.record_count;
+		off += h.length;
+	}
+	return records;
+}
+
+static void produce_part(struct produce_req *pr, uint32_t i, struct pstr topic,
+			 const struct proto_produce_part *pp)
+{
+	struct loop *l = pr->c->loop;
+	uint16_t err;
+	struct partition *p = partition_lookup(l, topic, pp->partition, &err);
+	if (p == NULL) {
+		set_err(pr, i, err, err == ERR_UNKNOWN_TOPIC ? "topic '%.*s' does not exist"
+							     : "topic '%.*s' has no such partition",
+			topic.len, topic.p);
+		return;
+	}
+	struct topic *t = p->topic;
+	uint64_t records = validate(pr, i, t, pp->batches);
+	if (records == 0)
+		return;
+	uint64_t base = 0, last = 0;
+	for (uint32_t off = 0; off < pp->batches.len;) {
+		struct batch_hdr h;
+		batch_parse(pp->batches.p + off, pp->batches.len - off, &h);
+		uint64_t b;
+		int ret = log_append(p->log, pp->batches.p + off, h.length, &b);
+		if (ret != 0) {
+			set_err(pr, i, err_from_errno(ret), "append failed: %s", strerror(-ret));
+			if (off > 0)
+				say_warn("topic %s partition %u: append failed part-way through a "
+					 "request: %s", t->name, p->id, strerror(-ret));
+			return;
+		}
+		if (off == 0)
+			base = b;
+		last = b + h.record_count - 1;
+		off += h.length;
+	}
+	pr->parts[i].base_offset = base;
+	pr->parts[i].log_start = log_start(p->log);
+	t->msgs_in += records;
+	t->bytes_in += pp->batches.len;
+	l->msgs_in += records;
+	if (pr->acks == PROTO_ACKS_NONE)
+		return;
+	struct pwait *w = &pr->waits[i];
+	w->w.offset = last;
+	w->w.fn = wait_done;
+	w->pr = pr;
+	w->index = i;
+	pr->pending++;
+	if (pr->acks == PROTO_ACKS_ALL && t->cfg.log.flush == LOG_FLUSH_ALWAYS)
+		log_wait_durable(p->log, &w->w);
+	else
+		log_wait_written(p->log, &w->w);
+}
+
+void handle_produce(struct conn *c, uint32_t corr, const struct proto_produce_req *req)
+{
+	if (req->acks != PROTO_ACKS_NONE && req->acks != PROTO_ACKS_LEADER &&
+	    req->acks != PROTO_ACKS_ALL) {
+		respond_error(c, API_PRODUCE, corr, ERR_INVALID_ACKS,
+			      "acks must be 0, 1 or -1 (all), not %d", req->acks);
+		return;
+	}
+	uint32_t nparts = 0;
+	size_t names = 0;
+	for (uint32_t i = 0; i < req->ntopics; i++) {
+		nparts += req->topics[i].nparts;
+		names += req->topics[i].name.len;
+	}
+	size_t size = sizeof(struct produce_req) +
+		      req->ntopics * sizeof(struct proto_produce_resp_topic) +
+		      nparts * (sizeof(struct proto_produce_resp_part) + sizeof(struct pwait) +
+				MSG_MAX) +
+		      names + 16;
+	struct produce_req *pr = calloc(1, size);
+	if (pr == NULL) {
+		respond_error(c, API_PRODUCE, corr, ERR_BUSY, "out of memory");
+		return;
+	}
+	pr->c = c;
+	pr->corr = corr;
+	pr->acks = req->acks;
+	pr->pending = 1;
+	pr->resp.ntopics = req->ntopics;
+	pr->resp.topics = (void *)(pr + 1);
+	pr->parts = (void *)(pr->resp.topics + req->ntopics);
+	pr->waits = (void *)(pr->parts + nparts);
+	pr->msgs = (char *)(pr->waits + nparts);
+	char *namebuf = pr->msgs + (size_t)nparts * MSG_MAX;
+
+	uint32_t i = 0;
+	for (uint32_t ti = 0; ti < req->ntopics; ti++) {
+		const struct proto_produce_topic *qt = &req->topics[ti];
+		struct proto_produce_resp_topic *rt = &pr->resp.topics[ti];
+		memcpy(namebuf, qt->name.p, qt->name.len);
+		rt->name = (struct pstr){ namebuf, qt->name.len };
+		namebuf += qt->name.len;
+		rt->nparts = qt->nparts;
+		rt->parts = &pr->parts[i];
+		for (uint32_t k = 0; k < qt->nparts; k++, i++) {
+			pr->parts[i].partition = qt->parts[k].partition;
+			produce_part(pr, i, qt->name, &qt->parts[k]);
+		}
+	}
+	if (--pr->pending == 0) {
+		produce_finish(pr);
+		return;
+	}
+	/* Waiting for the log: the reply goes out from wait_done. */
+	pr->async = true;
+	c->inflight++;
+	conn_ref(c);
+}

@@ -1,0 +1,392 @@
+/* tbroker.c — start/stop a real ringmqd and talk to it (see tbroker.h). */
+#include "tests/unit/tbroker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tests/unit/testutil.h"
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void tb_bin_path(char *out, size_t cap, const char *name)
+{
+	char self[1024];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n < 0)
+		n = 0;
+	self[n] = '\0';
+	/* BUILD/tests/<dir>/<test> -> BUILD/bin/<name> */
+	for (int up = 0; up < 3; up++) {
+		char *slash = strrchr(self, '/');
+		if (slash)
+			*slash = '\0';
+	}
+	snprintf(out, cap, "%s/bin/%s", self, name);
+}
+
+int tb_start(struct tbroker *b, const char *dir, const char *const *extra)
+{
+	char bin[1100];
+	tb_bin_path(bin, sizeof(bin), "ringmqd");
+	if (dir == NULL) {
+		memset(b, 0, sizeof(*b));
+		b->dir = tu_tmpdir("broker");
+		b->own_dir = true;
+	}
+	snprintf(b->log_path, sizeof(b->log_path), "%s.log", b->dir);
+	int pfd[2];
+	if (pipe(pfd) != 0)
+		return -1;
+	const char *argv[32] = { bin, "--data-dir", b->dir, "--listen", "127.0.0.1:0",
+				 "--http", "127.0.0.1:0" };
+	int argc = 7;
+	for (int i = 0; extra && extra[i] && argc < 30; i++)
+		argv[argc++] = extra[i];
+	argv[argc] = NULL;
+	pid_t pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid == 0) {
+		dup2(pfd[1], STDERR_FILENO);
+		close(pfd[0]);
+		close(pfd[1]);
+		execv(bin, (char *const *)argv);
+		_exit(127);
+	}
+	close(pfd[1]);
+	b->pid = pid;
+	b->err_fd = pfd[0];
+	int logfd = open(b->log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+	char buf[8192];
+	size_t len = 0;
+	int64_t deadline = mono_ms() + 10000;
+	while (mono_ms() < deadline) {
+		struct pollfd p = { .fd = pfd[0], .events = POLLIN };
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		ssize_t n = read(pfd[0], buf + len, sizeof(buf) - 1 - len);
+		if (n <= 0)
+			break;
+		if (logfd >= 0 && write(logfd, buf + len, (size_t)n) < 0)
+			n = n + 0;
+		len += (size_t)n;
+		buf[len] = '\0';
+		char *r = strstr(buf, "ringmqd: ready on ");
+		if (r && strchr(r, '\n')) {
+			if (sscanf(r, "ringmqd: ready on %63s (http %63[^)])", b->addr, b->http) >= 1) {
+				if (logfd >= 0)
+					close(logfd);
+				/* Drain its stderr from now on, so it never blocks. */
+				pid_t drain = fork();
+				if (drain == 0) {
+					/* Hold no other descriptor (client sockets, say) open. */
+					for (int fd = 3; fd < 1024; fd++)
+						if (fd != pfd[0])
+							close(fd);
+					int fd = open(b->log_path, O_WRONLY | O_APPEND);
+					char d[4096];
+					ssize_t k;
+					while ((k = read(pfd[0], d, sizeof(d))) > 0)
+						if (fd >= 0 && write(fd, d, (size_t)k) < 0)
+							break;
+					_exit(0);
+				}
+				close(pfd[0]);
+				b->err_fd = -1;
+				return 0;
+			}
+		}
+		if (len >= sizeof(buf) - 1)
+			len = 0;
+	}
+	if (logfd >= 0)
+		close(logfd);
+	fprintf(stderr, "tb_start: no ready line; output:\n%s\n", buf);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	close(pfd[0]);
+	return -1;
+}
+
+static int wait_exit(pid_t pid, int timeout_ms)
+{
+	int64_t deadline = mono_ms() + timeout_ms;
+	int status;
+	while (mono_ms() < deadline) {
+		pid_t r = waitpid(pid, &status, WNOHANG);
+		if (r == pid)
+			return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+		usleep(10000);
+	}
+	return -1;
+}
+
+int tb_stop(struct tbroker *b)
+{
+	if (b->pid <= 0)
+		return -1;
+	kill(b->pid, SIGTERM);
+	int rc = wait_exit(b->pid, 15000);
+	if (rc < 0) {
+		kill(b->pid, SIGKILL);
+		waitpid(b->pid, NULL, 0);
+	}
+	b->pid = 0;
+	return rc;
+}
+
+void tb_kill9(struct tbroker *b)
+{
+	if (b->pid <= 0)
+		return;
+	kill(b->pid, SIGKILL);
+	waitpid(b->pid, NULL, 0);
+	b->pid = 0;
+}
+
+void tb_cleanup(struct tbroker *b)
+{
+	if (b->pid > 0)
+		tb_kill9(b);
+	if (b->own_dir && b->dir) {
+		tu_rmtree(b->dir);
+		unlink(b->log_path);
+		free(b->dir);
+	}
+	b->dir = NULL;
+}
+
+long tb_rss_kib(const struct tbroker *b)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)b->pid);
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return -1;
+	long kib = -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+			break;
+	fclose(f);
+	return kib;
+}
+
+/* ---- client ---- */
+
+int tc_connect(struct tclient *c, const char *hostport)
+{
+	memset(c, 0, sizeof(c[0]));
+	char host[64];
+	const char *colon = strrchr(hostport, ':');
+	if (colon == NULL || (size_t)(colon - hostport) >= sizeof(host))
+		return -EINVAL;
+	memcpy(host, hostport, (size_t)(colon - hostport));
+	host[colon - hostport] = '\0';
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1)) };
+	if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
+		return -EINVAL;
+	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (c->fd < 0)
+		return -errno;
+	if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		int err = -errno;
+		close(c->fd);
+		c->fd = -1;
+		return err;
+	}
+	int one = 1;
+	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	c->arena_buf = malloc(1u << 20);
+	arena_init(&c->arena, c->arena_buf, 1u << 20);
+	c->next_corr = 1;
+	return 0;
+}
+
+void tc_close(struct tclient *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	free(c->in);
+	free(c->arena_buf);
+	c->in = NULL;
+	c->arena_buf = NULL;
+}
+
+int tc_send_raw(struct tclient *c, const void *p, size_t len)
+{
+	const uint8_t *b = p;
+	while (len > 0) {
+		ssize_t n = send(c->fd, b, len, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		b += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int tc_send(struct tclient *c, uint16_t api, const union proto_request *req, uint32_t *corr)
+{
+	struct pw w;
+	pw_init_dyn(&w, 256, FRAME_SIZE_HARD_MAX);
+	uint32_t id = c->next_corr++;
+	size_t start = proto_req_begin(&w, api, 0, id);
+	if (req)
+		proto_encode_request(&w, api, req);
+	proto_frame_end(&w, start);
+	int ret = w.failed ? -ENOMEM : tc_send_raw(c, w.buf, w.len);
+	pw_free(&w);
+	if (corr)
+		*corr = id;
+	return ret;
+}
+
+static int read_full(int fd, uint8_t *p, size_t len, int64_t deadline)
+{
+	while (len > 0) {
+		int64_t left = deadline - mono_ms();
+		if (left <= 0)
+			return -ETIMEDOUT;
+		struct pollfd pf = { .fd = fd, .events = POLLIN };
+		int r = poll(&pf, 1, (int)left);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			continue;
+		ssize_t n = recv(fd, p, len, 0);
+		if (n == 0)
+			return -ECONNRESET;
+		if (n < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int tc_recv(struct tclient *c, uint16_t api, int timeout_ms, struct proto_resp_hdr *h,
+	    union proto_response *resp)
+{
+	int64_t deadline = mono_ms() + timeout_ms;
+	uint8_t sz[4];
+	int ret = read_full(c->fd, sz, 4, deadline);
+	if (ret != 0)
+		return ret;
+	uint32_t size = (uint32_t)sz[0] | (uint32_t)sz[1] << 8 | (uint32_t)sz[2] << 16 |
+			(uint32_t)sz[3] << 24;
+	if (size > FRAME_SIZE_HARD_MAX)
+		return -EBADMSG;
+	if (c->in_cap < size + 4) {
+		free(c->in);
+		c->in_cap = size + 4;
+		c->in = malloc(c->in_cap);
+	}
+	memcpy(c->in, sz, 4);
+	ret = read_full(c->fd, c->in + 4, size, deadline);
+	if (ret != 0)
+		return ret;
+	struct pr body;
+	if (proto_resp_header(c->in, size + 4, h, &body) != 0)
+		return -EBADMSG;
+	if (h->err != ERR_NONE || resp == NULL)
+		return 0;
+	arena_reset(&c->arena);
+	return proto_decode_response(api, 0, &body, &c->arena, resp) == 0 ? 0 : -EBADMSG;
+}
+
+int tc_call(struct tclient *c, uint16_t api, const union proto_request *req, int timeout_ms,
+	    struct proto_resp_hdr *h, union proto_response *resp)
+{
+	uint32_t corr;
+	int ret = tc_send(c, api, req, &corr);
+	if (ret != 0)
+		return ret;
+	ret = tc_recv(c, api, timeout_ms, h, resp);
+	if (ret == 0 && h->correlation_id != corr)
+		return -EPROTO;
+	return ret;
+}
+
+int tc_create_topic(struct tclient *c, const char *name, uint32_t partitions,
+		    const char *const *kv)
+{
+	struct proto_kv cfg[32];
+	uint32_t n = 0;
+	for (; kv && kv[2 * n] && n < 32; n++)
+		cfg[n] = (struct proto_kv){ pstr_c(kv[2 * n]), pstr_c(kv[2 * n + 1]) };
+	union proto_request req = { .create_topic = { pstr_c(name), partitions, n, cfg } };
+	struct proto_resp_hdr h;
+	int ret = tc_call(c, API_CREATE_TOPIC, &req, 10000, &h, NULL);
+	return ret != 0 ? ret : h.err;
+}
+
+int tc_produce(struct tclient *c, const char *topic, uint32_t partition, int8_t acks,
+	       const void *batch, uint32_t len, uint64_t *base)
+{
+	struct proto_produce_part part = { partition, { batch, len } };
+	struct proto_produce_topic t = { pstr_c(topic), 1, &part };
+	union proto_request req = { .produce = { acks, 10000, 1, &t } };
+	if (acks == PROTO_ACKS_NONE)
+		return tc_send(c, API_PRODUCE, &req, NULL);
+	struct proto_resp_hdr h;
+	union proto_response resp;
+	int ret = tc_call(c, API_PRODUCE, &req, 15000, &h, &resp);
+	if (ret != 0)
+		return ret;
+	if (h.err != ERR_NONE)
+		return h.err;
+	const struct proto_produce_resp_part *rp = &resp.produce.topics[0].parts[0];
+	if (base)
+		*base = rp->base_offset;
+	return rp->err;
+}
+
+int tc_fetch(struct tclient *c, const char *topic, uint32_t partition, uint64_t offset,
+	     uint32_t max_bytes, uint32_t max_wait_ms, uint32_t min_bytes, uint8_t **records,
+	     uint32_t *len, uint64_t *log_end)
+{
+	struct proto_fetch_part part = { partition, offset, max_bytes };
+	struct proto_fetch_topic t = { pstr_c(topic), 1, &part };
+	union proto_request req = { .fetch = { max_wait_ms, min_bytes, max_bytes, 1, &t } };
+	struct proto_resp_hdr h;
+	union proto_response resp;
+	int ret = tc_call(c, API_FETCH, &req, (int)max_wait_ms + 10000, &h, &resp);
+	if (ret != 0)
+		return ret;
+	if (h.err != ERR_NONE)
+		return h.err;
+	const struct proto_fetch_resp_part *rp = &resp.fetch.topics[0].parts[0];
+	if (log_end)
+		*log_end = rp->log_end;
+	if (records) {
+		*records = malloc(rp->records.len + 1);
+		memcpy(*records, rp->records.p, rp->records.len);
+		*len = rp->records.len;
+	}
+	return rp->err;
+}
