@@ -287,6 +287,23 @@ int seg_index_batch(struct segment *seg, const struct batch_hdr *h, uint64_t pos
 	return 0;
 }
 
+/* A final time index entry, so that a sealed segment's max timestamp is on
+ * disk: open_closed_segment() and retention take it from the last entry. The
+ * seal and an index rebuilt for a closed segment both add it. Without memory
+ * it is left out; lookups stay correct, only retention sees an older max. */
+void seg_index_final(struct segment *seg)
+{
+	if (!seg->max_ts_known || seg->max_ts <= seg->last_tix_ts || seg->idx_n == 0)
+		return;
+	if (arr_reserve((void **)&seg->tix, &seg->tix_cap, seg->tix_n + 1, sizeof(*seg->tix)))
+		return;
+	seg->tix[seg->tix_n++] = (struct tix_entry){
+		.timestamp = seg->max_ts,
+		.rel_offset = seg->idx[seg->idx_n - 1].rel_offset,
+	};
+	seg->last_tix_ts = seg->max_ts;
+}
+
 /* Every SQE a log submits goes through here, so log_close() and segment
  * teardown know when the kernel is done with their memory. */
 static struct io_uring_sqe *seg_sqe(struct segment *seg, struct seg_op *o,
@@ -902,18 +919,9 @@ static void seal_step(struct segment *seg)
 			return;
 		}
 		/* fallthrough */
-	case 1: /* a final time index entry, so the segment's max is on disk */
+	case 1:
 		io->step_no = 2;
-		if (seg->max_ts_known && seg->max_ts > seg->last_tix_ts && seg->idx_n > 0) {
-			if (arr_reserve((void **)&seg->tix, &seg->tix_cap, seg->tix_n + 1,
-					sizeof(*seg->tix)) == 0) {
-				seg->tix[seg->tix_n++] = (struct tix_entry){
-					.timestamp = seg->max_ts,
-					.rel_offset = seg->idx[seg->idx_n - 1].rel_offset,
-				};
-				seg->last_tix_ts = seg->max_ts;
-			}
-		}
+		seg_index_final(seg);
 		/* fallthrough */
 	case 2: /* the data is durable before the last index entries are written */
 		io->step_no = 3;

@@ -192,6 +192,7 @@ void seg_unref(struct segment *seg);
 int segs_push(struct log *log, struct segment *seg);
 int seg_index_batch(struct segment *seg, const struct batch_hdr *h, uint64_t pos,
 		    uint32_t interval);
+void seg_index_final(struct segment *seg);
 void log_mark_dirty(struct log *log);
 void log_fail_permanently(struct log *log, int err, const char *what);
 void log_drop_waiters(struct log *log, int err);

@@ -216,14 +216,15 @@ static const char *stop_reason(int ret)
 
 /* Recovers the last segment: from its last valid index entry, verify batches
  * until the first that is not whole and valid; cut there (S3). */
-static int seg_recover(struct log *log, struct segment *seg, struct log_recovery *rep)
+static int seg_recover(struct log *log, struct segment *seg, bool index_missing,
+		       struct log_recovery *rep)
 {
 	struct stat st;
 	if (fstat(seg->fd, &st) != 0)
 		return -errno;
 	seg->file_size = (uint64_t)st.st_size;
 
-	bool clean_index = seg_read_index_files(log, seg, seg->file_size);
+	bool clean_index = seg_read_index_files(log, seg, seg->file_size) && !index_missing;
 	/* Walk back from the last entry to one that points at a valid batch:
 	 * entries can run ahead of the data after a crash (S3). */
 	while (seg->idx_n > 0) {
@@ -294,21 +295,20 @@ static int seg_recover(struct log *log, struct segment *seg, struct log_recovery
 		rep->index_rebuilt = true;
 
 	/* (S3): nothing past the end may survive to be read after later
-	 * appends. Punching is a metadata operation; preallocation is then
-	 * restored so fdatasyncs stay cheap. */
-	if (seg->file_size > end) {
+	 * appends. Only the non-zero bytes need to go (the rest reads as zeros
+	 * already); punching is a metadata operation, and the preallocation it
+	 * removes is then restored so fdatasyncs stay cheap. */
+	if (stray > 0) {
 		if (fallocate(seg->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)end,
-			      (off_t)(seg->file_size - end)) != 0) {
+			      (off_t)stray) != 0) {
 			if (ftruncate(seg->fd, (off_t)end) != 0)
 				return -errno;
 			seg->file_size = end;
 		}
 	}
 	uint64_t want = log->cfg.preallocate ? log->cfg.segment_bytes : 0;
-	if (want > seg->file_size && end < want) {
-		if (fallocate(seg->fd, 0, 0, (off_t)want) == 0)
-			seg->file_size = want;
-	}
+	if (end < want && fallocate(seg->fd, 0, 0, (off_t)want) == 0 && seg->file_size < want)
+		seg->file_size = want;
 
 	/* The file keeps only the entries that were already there. The scan's
 	 * entries cover batches that may exist only in the page cache (after a
@@ -366,9 +366,14 @@ static int open_closed_segment(struct log *log, struct segment *seg)
 	return 0;
 }
 
-static int open_active_files(struct log *log, struct segment *seg, bool create)
+/* *index_missing: an index file was not there (and is created empty now), so
+ * recovery reports the index rebuilt rather than mistaking it for a clean one. */
+static int open_active_files(struct log *log, struct segment *seg, bool create,
+			     bool *index_missing)
 {
 	int flags = O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0);
+	*index_missing = faccessat(log->dirfd, seg->name_idx, F_OK, 0) != 0 ||
+			 faccessat(log->dirfd, seg->name_tix, F_OK, 0) != 0;
 	seg->fd = openat(log->dirfd, seg->name_log, flags, 0644);
 	if (seg->fd < 0)
 		return -errno;
@@ -491,9 +496,10 @@ int log_open(struct log_env *env, const char *dir, const struct log_config *cfg,
 		ret = -ENOMEM;
 		goto err_free_bases;
 	}
-	ret = open_active_files(log, last, fresh);
+	bool index_missing;
+	ret = open_active_files(log, last, fresh, &index_missing);
 	if (ret == 0)
-		ret = seg_recover(log, last, rep);
+		ret = seg_recover(log, last, index_missing, rep);
 	if (ret != 0) {
 		say_error("log %s: cannot recover %s: %s", dir, last->name_log, strerror(-ret));
 		goto err_free_bases;

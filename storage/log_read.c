@@ -78,6 +78,7 @@ static int seg_rebuild_index(struct log *log, struct segment *seg)
 		 log->dir, seg->name_log, seg->idx_n);
 	if (seg->state != SEG_CLOSED)
 		return 0;
+	seg_index_final(seg); /* as the seal wrote it */
 	for (int k = 0; k < 2; k++) {
 		const char *name = k ? seg->name_tix : seg->name_idx;
 		size_t esz = k ? TIX_ENTRY_SIZE : IDX_ENTRY_SIZE;
