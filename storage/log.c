@@ -535,6 +535,26 @@ void log_fail_permanently(struct log *log, int err, const char *what)
 
 /* ---- append ---- */
 
+static void recent_add(struct log *log, struct segment *seg, uint64_t base, uint64_t pos)
+{
+	if (log->recent == NULL) {
+		log->recent = malloc(RECENT_BATCHES * sizeof(*log->recent));
+		if (log->recent == NULL)
+			return; /* only an optimization */
+	}
+	if (log->recent_seg != seg) {
+		log->recent_seg = seg;
+		log->recent_first = log->recent_n = 0;
+	}
+	uint32_t i = (log->recent_first + log->recent_n) % RECENT_BATCHES;
+	log->recent[i] = (struct recent_batch){ base, pos };
+	if (log->recent_n < RECENT_BATCHES)
+		log->recent_n++;
+	else
+		log->recent_first = (log->recent_first + 1) % RECENT_BATCHES;
+}
+
+
 /* ACTIVE -> SEALING [log_roll]: the current segment takes no more appends;
  * a PENDING one takes them and gets its files once the seal is done (S1). */
 static int log_roll(struct log *log)
@@ -631,6 +651,7 @@ int log_append(struct log *log, const void *batch, uint32_t len, uint64_t *base_
 	if (ret != 0)
 		return ret; /* nothing is committed yet: the copy is dropped */
 
+	recent_add(log, seg, base, seg->end_pos);
 	c->fill += len;
 	seg->end_pos += len;
 	log->end = base + h.record_count;
@@ -1011,6 +1032,8 @@ static void create_failed(struct segment *seg, int err)
 	log->chunk_head = log->chunk_tail = NULL;
 	log->nsegs--;
 	log->end = seg->base;
+	if (log->recent_seg == seg)
+		log->recent_seg = NULL;
 	wq_fail_from(&log->wq_head, &log->wq_tail, seg->base, err);
 	wq_fail_from(&log->dq_head, &log->dq_tail, seg->base, err);
 	seg_unref(seg);
@@ -1120,6 +1143,7 @@ static void rewind_step(struct log *log)
 			seg_unref(p);
 		}
 		log->end = log->written_end;
+		log->recent_n = 0; /* positions past the end may be listed */
 		seg->end_pos = seg->written_pos;
 		seg->end_offset = log->written_end;
 		while (seg->idx_n > 0 && seg->idx[seg->idx_n - 1].pos >= seg->written_pos)
@@ -1372,6 +1396,7 @@ void log_discard(struct log *log)
 	for (uint32_t i = 0; i < log->nsegs; i++)
 		seg_unref(log->segs[i]); /* pinned ones live on until released */
 	free(log->segs);
+	free(log->recent);
 	close(log->dirfd);
 	free(log->dir);
 	env->logs--;

@@ -52,6 +52,10 @@
  * index interval, so a small window avoids copying megabytes per lookup. */
 #define LOOKUP_READ_AHEAD (32u << 10)
 
+/* Positions of the newest batches of the last segment, so reads at the tail
+ * (where consumers usually are) find their batch without reading headers. */
+#define RECENT_BATCHES 128u
+
 /* IORING_OP_FTRUNCATE arrived in Linux 6.9, after the liburing Debian
  * ships; its number is fixed by the kernel ABI. */
 #define RINGMQ_IORING_OP_FTRUNCATE 55
@@ -174,6 +178,13 @@ struct log {
 	struct log_waiter *dq_head, *dq_tail; /* durable */
 	void (*visible_fn)(void *);
 	void *visible_arg;
+	/* recent batch positions in the last segment: a ring, oldest first */
+	struct recent_batch {
+		uint64_t base;
+		uint64_t pos;
+	} *recent;
+	uint32_t recent_first, recent_n;
+	struct segment *recent_seg;
 	/* failures */
 	int wfail;  /* a write failed: rewinding; appends refused meanwhile */
 	int failed; /* permanent until reopened */

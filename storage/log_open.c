@@ -598,6 +598,7 @@ int log_close(struct log *log)
 		seg_unref(log->segs[i]);
 	}
 	free(log->segs);
+	free(log->recent);
 	close(log->dirfd);
 	free(log->dir);
 	env->logs--;

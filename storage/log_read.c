@@ -125,10 +125,48 @@ static uint64_t seg_visible_pos(const struct log *log, uint32_t i, uint64_t vis)
 	return log->cfg.flush == LOG_FLUSH_ALWAYS ? seg->synced_pos : seg->written_pos;
 }
 
+/* The batch holding `offset` from the ring of recent batch positions: its
+ * position and length, with no I/O. Returns false if the ring does not
+ * cover the offset. */
+static bool recent_locate(const struct log *log, const struct segment *seg, uint64_t offset,
+			  uint64_t limit, uint64_t *pos, uint32_t *len, uint64_t *base)
+{
+	if (log->recent_seg != seg || log->recent_n == 0)
+		return false;
+	const struct recent_batch *r = log->recent;
+	uint32_t first = log->recent_first, n = log->recent_n;
+	if (offset < r[first].base)
+		return false;
+	/* The last entry whose base is <= offset. */
+	uint32_t lo = 0, hi = n;
+	while (hi - lo > 1) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (r[(first + mid) % RECENT_BATCHES].base <= offset)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	uint64_t p = r[(first + lo) % RECENT_BATCHES].pos;
+	uint64_t end = lo + 1 < n ? r[(first + lo + 1) % RECENT_BATCHES].pos : seg->end_pos;
+	if (end > limit)
+		return false; /* not all visible: the caller's limit rules */
+	*pos = p;
+	*len = (uint32_t)(end - p);
+	*base = r[(first + lo) % RECENT_BATCHES].base;
+	return true;
+}
+
 /* Finds the batch holding `offset` in seg, reading no further than limit. */
 static int seg_locate(struct log *log, struct segment *seg, uint64_t offset, uint64_t limit,
 		      uint64_t *pos, struct batch_hdr *h)
 {
+	uint32_t len;
+	uint64_t base;
+	if (recent_locate(log, seg, offset, limit, pos, &len, &base)) {
+		h->length = len; /* all log_read needs from the header */
+		h->base_offset = base;
+		return 0;
+	}
 	int ret = seg_load_index(log, seg);
 	if (ret != 0)
 		return ret;
