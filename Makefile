@@ -28,11 +28,16 @@ BROKER_SRC := $(wildcard broker/*.c)
 # The broker's pure parsers, linked into unit tests and fuzz targets too.
 PARSER_SRC := broker/config.c broker/http_parse.c
 
+CLIENT_SRC := $(wildcard client/*.c) proto/proto.c storage/batch.c
+
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+pic = $(patsubst %.c,$(BUILD)/pic/%.o,$(1))
 CORE_OBJ := $(call obj,$(COMMON_SRC) $(STORAGE_SRC) $(PROTO_SRC))
 PARSER_OBJ := $(call obj,$(PARSER_SRC))
 
-TOOLS := $(BUILD)/bin/mqdump $(BUILD)/bin/ringmqd
+LIBS_OUT := $(BUILD)/lib/libringmq.a $(BUILD)/lib/libringmq.so $(BUILD)/lib/pkgconfig/ringmq.pc
+CLIENT_TOOLS := $(patsubst tools/%.c,$(BUILD)/bin/%,$(filter tools/mqadm.c tools/mqcat.c tools/mqload.c,$(wildcard tools/*.c)))
+TOOLS := $(BUILD)/bin/mqdump $(BUILD)/bin/ringmqd $(CLIENT_TOOLS)
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/*/*.c))
 FUZZ_TARGETS := $(basename $(notdir $(wildcard tests/fuzz/fuzz_*.c)))
 REPLAYS := $(patsubst %,$(BUILD)/fuzz-replay/%,$(FUZZ_TARGETS))
@@ -40,7 +45,7 @@ BENCHES := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*.
 
 .PHONY: all deps run test test-run san bench fuzz clean
 
-all: $(TOOLS) $(UNIT_TESTS) $(REPLAYS) $(BENCHES)
+all: $(LIBS_OUT) $(TOOLS) $(UNIT_TESTS) $(REPLAYS) $(BENCHES)
 
 deps:
 	@tools/deps.sh
@@ -57,6 +62,32 @@ $(BUILD)/obj/%.o: %.c
 	@$(if $(Q),echo "  CC    $<")
 	$(Q)$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
 
+$(BUILD)/pic/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC    $< (pic)")
+	$(Q)$(CC) $(ALL_CFLAGS) -fPIC -fvisibility=hidden -DRINGMQ_BUILDING_LIB -MMD -MP -c $< -o $@
+
+# libringmq: the client, the protocol codec and the batch format, nothing
+# of the broker or the log.
+$(BUILD)/lib/libringmq.a: $(call obj,$(CLIENT_SRC))
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  AR    $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/lib/libringmq.so: $(call pic,$(CLIENT_SRC))
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -shared -Wl,-soname,libringmq.so.0 $^ -o $@ -llz4 -lxxhash -pthread
+
+$(BUILD)/lib/pkgconfig/ringmq.pc: client/ringmq.pc.in
+	@mkdir -p $(dir $@)
+	$(Q)sed -e 's|@PREFIX@|$(abspath $(BUILD))|' -e 's|@INCLUDE@|$(abspath client)|' $< > $@
+
+$(CLIENT_TOOLS): $(BUILD)/bin/%: $(BUILD)/obj/tools/%.o $(BUILD)/lib/libringmq.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
+
 $(BUILD)/bin/mqdump: $(call obj,tools/mqdump.c) $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD    $@")
@@ -67,7 +98,7 @@ $(BUILD)/bin/ringmqd: $(call obj,$(BROKER_SRC)) $(CORE_OBJ)
 	@$(if $(Q),echo "  LD    $@")
 	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(call obj,tests/unit/testutil.c tests/unit/logcheck.c tests/unit/tbroker.c) $(CORE_OBJ) $(PARSER_OBJ)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(call obj,tests/unit/testutil.c tests/unit/logcheck.c tests/unit/tbroker.c) $(CORE_OBJ) $(PARSER_OBJ) $(call obj,$(wildcard client/*.c))
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD    $@")
 	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS) $(TEST_LIBS)
@@ -124,4 +155,4 @@ fuzz:
 clean:
 	rm -rf build build-san build-fuzz
 
--include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(BUILD)/pic -name '*.d' 2>/dev/null)

@@ -38,11 +38,30 @@ struct fwait {
 	struct fetch_req *fr;
 };
 
+/* An idempotent producer's progress in one partition (produce.c): the next
+ * sequence it must send and its last few batches, so a retry of one of them
+ * is answered with the original offsets instead of being appended again. */
+#define PSTATE_RECENT 8
+#define PSTATES_PER_PARTITION 64
+
+struct pstate {
+	uint64_t producer_id;
+	uint32_t next_seq;
+	int64_t last_used_ms;
+	uint32_t nrecent;
+	struct {
+		uint32_t base_seq, count;
+		uint64_t base_offset;
+	} recent[PSTATE_RECENT];
+};
+
 struct partition {
 	struct topic *topic;
 	uint32_t id;
 	struct log *log;
 	struct fwait waiters; /* list head: parked fetches reading this partition */
+	struct pstate *producers;
+	uint32_t nproducers;
 };
 
 enum topic_state { TOPIC_CREATING, TOPIC_LIVE, TOPIC_DELETING };

@@ -21,7 +21,8 @@
 struct pwait {
 	struct log_waiter w;
 	struct produce_req *pr;
-	uint32_t index; /* into resp_parts */
+	struct partition *part; /* valid until the waiter fires */
+	uint32_t index;         /* into resp_parts */
 };
 
 struct produce_req {
@@ -79,9 +80,14 @@ static void wait_done(struct log_waiter *w, int err)
 {
 	struct pwait *pw = (struct pwait *)w;
 	struct produce_req *pr = pw->pr;
-	if (err != 0)
+	if (err != 0) {
 		set_err(pr, pw->index, err_from_errno(err), "the batches could not be %s: %s",
 			err == -ENOENT ? "kept (topic deleted)" : "stored", strerror(-err));
+		/* The log rolled those batches back: a retry must be appended,
+		 * not answered as a duplicate of what is no longer there. */
+		if (err != -ENOENT)
+			pw->part->nproducers = 0;
+	}
 	if (--pr->pending == 0)
 		produce_finish(pr);
 }
@@ -130,6 +136,113 @@ static uint64_t validate(struct produce_req *pr, uint32_t i, const struct topic 
 	return records;
 }
 
+/* ---- idempotent producers ---- */
+
+static struct pstate *pstate_get(struct partition *p, uint64_t pid, int64_t now, bool create)
+{
+	for (uint32_t i = 0; i < p->nproducers; i++)
+		if (p->producers[i].producer_id == pid)
+			return &p->producers[i];
+	if (!create)
+		return NULL;
+	if (p->producers == NULL) {
+		p->producers = calloc(PSTATES_PER_PARTITION, sizeof(*p->producers));
+		if (p->producers == NULL)
+			return NULL;
+	}
+	struct pstate *st;
+	if (p->nproducers < PSTATES_PER_PARTITION) {
+		st = &p->producers[p->nproducers++];
+	} else {
+		/* Forget the producer idle longest: a retry from it after this
+		 * long would be accepted as new. */
+		st = &p->producers[0];
+		for (uint32_t i = 1; i < p->nproducers; i++)
+			if (p->producers[i].last_used_ms < st->last_used_ms)
+				st = &p->producers[i];
+	}
+	memset(st, 0, sizeof(*st));
+	st->producer_id = pid;
+	st->last_used_ms = now;
+	return st;
+}
+
+enum seq_verdict { SEQ_APPEND, SEQ_DUPLICATE, SEQ_BAD };
+
+/* Decides what to do with an idempotent batch, given the sequence expected
+ * next (*next, NULL for a producer not seen before). For a duplicate, *dup
+ * gets the original base offset. */
+static enum seq_verdict seq_check(const struct pstate *st, const uint32_t *next,
+				  const struct batch_hdr *h, uint64_t *dup)
+{
+	if (next == NULL)
+		return SEQ_APPEND; /* first batch we see from it: accept its numbering */
+	int32_t d = (int32_t)(h->base_sequence - *next);
+	if (d == 0)
+		return SEQ_APPEND;
+	if (d > 0 || st == NULL)
+		return SEQ_BAD;
+	for (uint32_t i = 0; i < st->nrecent; i++) {
+		if (st->recent[i].base_seq == h->base_sequence &&
+		    st->recent[i].count == h->record_count) {
+			*dup = st->recent[i].base_offset;
+			return SEQ_DUPLICATE;
+		}
+	}
+	return SEQ_BAD;
+}
+
+static void pstate_record(struct pstate *st, const struct batch_hdr *h, uint64_t base,
+			  int64_t now)
+{
+	if (st->nrecent == PSTATE_RECENT) {
+		memmove(st->recent, st->recent + 1, (PSTATE_RECENT - 1) * sizeof(st->recent[0]));
+		st->nrecent--;
+	}
+	st->recent[st->nrecent].base_seq = h->base_sequence;
+	st->recent[st->nrecent].count = h->record_count;
+	st->recent[st->nrecent].base_offset = base;
+	st->nrecent++;
+	st->next_seq = h->base_sequence + h->record_count;
+	st->last_used_ms = now;
+}
+
+/* Checks every idempotent batch of a partition's data before any is
+ * appended. Returns false with the partition's error set. */
+static bool seq_precheck(struct produce_req *pr, uint32_t i, struct partition *p,
+			 struct pbytes data)
+{
+	/* Sequences advance batch by batch within the request too. */
+	uint64_t pids[16];
+	uint32_t nexts[16], n = 0;
+	for (uint32_t off = 0; off < data.len;) {
+		struct batch_hdr h;
+		batch_parse(data.p + off, data.len - off, &h);
+		off += h.length;
+		if (h.producer_id == 0)
+			continue;
+		uint32_t k = 0;
+		while (k < n && pids[k] != h.producer_id)
+			k++;
+		const struct pstate *st = pstate_get(p, h.producer_id, 0, false);
+		const uint32_t *next = k < n ? &nexts[k] : st ? &st->next_seq : NULL;
+		uint64_t dup;
+		enum seq_verdict v = seq_check(st, next, &h, &dup);
+		if (v == SEQ_BAD) {
+			set_err(pr, i, ERR_OUT_OF_ORDER_SEQUENCE,
+				"producer %" PRIu64 " sent sequence %u, expected %u", h.producer_id,
+				h.base_sequence, next ? *next : 0);
+			return false;
+		}
+		if (k == n && n < 16)
+			pids[n++] = h.producer_id;
+		if (k < 16)
+			nexts[k] = v == SEQ_APPEND ? h.base_sequence + h.record_count
+				   : next ? *next : 0;
+	}
+	return true;
+}
+
 static void produce_part(struct produce_req *pr, uint32_t i, struct pstr topic,
 			 const struct proto_produce_part *pp)
 {
@@ -146,12 +259,34 @@ static void produce_part(struct produce_req *pr, uint32_t i, struct pstr topic,
 	uint64_t records = validate(pr, i, t, pp->batches);
 	if (records == 0)
 		return;
+	if (!seq_precheck(pr, i, p, pp->batches))
+		return;
+	int64_t now = now_ms();
 	uint64_t base = 0, last = 0;
 	for (uint32_t off = 0; off < pp->batches.len;) {
 		struct batch_hdr h;
 		batch_parse(pp->batches.p + off, pp->batches.len - off, &h);
 		uint64_t b;
+		struct pstate *st = NULL;
+		if (h.producer_id != 0) {
+			st = pstate_get(p, h.producer_id, now, false);
+			uint64_t dup;
+			bool known = st != NULL;
+			if (known && seq_check(st, &st->next_seq, &h, &dup) == SEQ_DUPLICATE) {
+				/* A retry of a batch already in the log. */
+				if (off == 0)
+					base = dup;
+				last = dup + h.record_count - 1;
+				records -= h.record_count;
+				off += h.length;
+				continue;
+			}
+			if (!known)
+				st = pstate_get(p, h.producer_id, now, true);
+		}
 		int ret = log_append(p->log, pp->batches.p + off, h.length, &b);
+		if (ret == 0 && st != NULL)
+			pstate_record(st, &h, b, now);
 		if (ret != 0) {
 			set_err(pr, i, err_from_errno(ret), "append failed: %s", strerror(-ret));
 			if (off > 0)
@@ -175,6 +310,7 @@ static void produce_part(struct produce_req *pr, uint32_t i, struct pstr topic,
 	w->w.offset = last;
 	w->w.fn = wait_done;
 	w->pr = pr;
+	w->part = p;
 	w->index = i;
 	pr->pending++;
 	if (pr->acks == PROTO_ACKS_ALL && t->cfg.log.flush == LOG_FLUSH_ALWAYS)

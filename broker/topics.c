@@ -134,8 +134,10 @@ static struct topic *topic_new(const char *name, size_t len, const struct topic_
 
 static void topic_free(struct topic *t)
 {
-	for (uint32_t i = 0; i < t->nparts; i++)
+	for (uint32_t i = 0; i < t->nparts; i++) {
+		free(t->parts[i]->producers);
 		free(t->parts[i]);
+	}
 	free(t->parts);
 	free(t);
 }

@@ -32,6 +32,7 @@ static const char *const err_names[ERR_COUNT] = {
 	[ERR_SHUTTING_DOWN] = "SHUTTING_DOWN",
 	[ERR_BUSY] = "BUSY",
 	[ERR_INVALID_ACKS] = "INVALID_ACKS",
+	[ERR_OUT_OF_ORDER_SEQUENCE] = "OUT_OF_ORDER_SEQUENCE",
 };
 
 static const char *const api_names[API_COUNT] = {

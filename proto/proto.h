@@ -76,6 +76,7 @@ enum proto_err {
 	ERR_SHUTTING_DOWN = 18,
 	ERR_BUSY = 19,                /* the broker is overloaded: retry later */
 	ERR_INVALID_ACKS = 20,
+	ERR_OUT_OF_ORDER_SEQUENCE = 21, /* an idempotent producer skipped or reused a sequence */
 	ERR_COUNT
 };
 

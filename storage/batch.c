@@ -13,9 +13,7 @@
 static_assert(BATCH_OFF_RESERVED32 + 4 == BATCH_HEADER_SIZE, "header layout");
 static_assert(BATCH_HEADER_SIZE % 8 == 0, "header keeps records 8-aligned");
 
-/* Offsets are kept below 2^63 so that signed arithmetic on them, here and in
- * every client, can never overflow. */
-#define OFFSET_LIMIT (UINT64_C(1) << 62)
+#define OFFSET_LIMIT BATCH_OFFSET_LIMIT
 
 bool batch_header_is_zero(const void *p)
 {
@@ -64,7 +62,7 @@ int batch_parse(const void *p, size_t avail, struct batch_hdr *hdr)
 	}
 	if (hdr->record_count == 0 || hdr->record_count > hdr->records_size / RECORD_SIZE_MIN)
 		return -EBADMSG;
-	if (hdr->base_offset >= OFFSET_LIMIT)
+	if (hdr->base_offset >= OFFSET_LIMIT || hdr->record_count > OFFSET_LIMIT - hdr->base_offset)
 		return -EBADMSG;
 	if (hdr->max_timestamp < hdr->first_timestamp)
 		return -EBADMSG;

@@ -30,6 +30,10 @@
 
 #define BATCH_MAGIC 0xB1u /* "batch, format version 1" */
 
+/* Every offset of every batch stays below this, so that signed arithmetic
+ * on offsets, here and in every client, can never overflow. */
+#define BATCH_OFFSET_LIMIT (UINT64_C(1) << 62)
+
 /* Attribute bits (header byte 1). */
 #define BATCH_COMPRESSION_MASK 0x03u
 #define BATCH_COMPRESSION_NONE 0x00u

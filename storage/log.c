@@ -612,6 +612,8 @@ int log_append(struct log *log, const void *batch, uint32_t len, uint64_t *base_
 	assert(ret == 0 && h.length == len); /* callers verify batches first */
 	if (ret != 0 || h.length != len)
 		return -EINVAL;
+	if (h.record_count > BATCH_OFFSET_LIMIT - log->end)
+		return -EOVERFLOW; /* the offsets would leave what a batch may carry */
 
 	struct segment *seg = log_last(log);
 	if (roll_due(log, seg, len, log_wall_ms())) {

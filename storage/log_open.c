@@ -261,7 +261,10 @@ static int seg_recover(struct log *log, struct segment *seg, bool index_missing,
 	const uint8_t *data;
 	uint64_t scan_from = pos;
 	while ((ret = seg_reader_next(&r, &h, &data)) == 1) {
-		if (h.base_offset != expect) {
+		/* Index entries hold 32-bit relative offsets and appends roll
+		 * long before a segment needs more, so a batch past that is
+		 * not this log's: cut, or the index would wrap. */
+		if (h.base_offset != expect || h.base_offset - seg->base > UINT32_MAX) {
 			r.pos -= h.length;
 			ret = -ERANGE;
 			break;
@@ -469,6 +472,12 @@ int log_open(struct log_env *env, const char *dir, const struct log_config *cfg,
 	if (ret != 0)
 		goto err_free_log;
 	bool fresh = count == 0;
+	if (!fresh && bases[count - 1] >= BATCH_OFFSET_LIMIT) {
+		say_error("log %s: segment base offset %" PRIu64 " is past the offset limit", dir,
+			  bases[count - 1]);
+		ret = -EINVAL;
+		goto err_free_bases;
+	}
 	for (uint32_t i = 0; i < (fresh ? 1 : count); i++) {
 		struct segment *seg = seg_new(log, fresh ? 0 : bases[i]);
 		if (seg == NULL || segs_push(log, seg) != 0) {

@@ -59,7 +59,7 @@ static int seg_rebuild_index(struct log *log, struct segment *seg)
 	struct batch_hdr h;
 	uint64_t expect = seg->base;
 	while ((ret = seg_reader_next_header(&r, &h)) == 1) {
-		if (h.base_offset != expect) {
+		if (h.base_offset != expect || h.base_offset - seg->base > UINT32_MAX) {
 			ret = -EBADMSG;
 			break;
 		}

@@ -1,0 +1,988 @@
+/* producer.c — the thread-safe producer (see ringmq.h).
+ *
+ * Application threads add messages to an open batch per partition under one
+ * mutex; an I/O thread closes batches when they are full or linger.ms has
+ * passed, seals them (checksum, lz4, producer id and sequence), sends them in
+ * pipelined produce requests (up to max.in.flight), and reports each
+ * message's offset or error to the delivery callback.
+ *
+ * Retries never duplicate: every batch carries this producer's random id and
+ * a per-partition sequence, and the broker answers a batch it already holds
+ * with the original offsets. After a lost connection, or a retriable error
+ * for a partition, every unacknowledged batch of the affected partitions is
+ * sent again in sequence order; replies to the superseded sends are ignored
+ * (each send of a batch has a generation).
+ *
+ * Invariants: (P1) a partition's batches are sent in sequence order;
+ * (P2) every message is reported exactly once; (P3) `mem` counts every byte
+ * of batch buffers alive, and produce() never lets it pass buffer.memory.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "client/internal.h"
+#include "common/limits.h"
+#include "storage/batch.h"
+
+/* A produce request carries at most this much batch data, so one slow
+ * partition never builds a frame near the broker's limit. */
+#define REQUEST_BYTES_MAX (4u << 20)
+
+struct ptopic;
+
+struct pbatch {
+	struct pbatch *next;     /* in a partition's queue */
+	struct ptopic *topic;
+	uint32_t partition;
+	struct batch_builder b;
+	uint8_t *buf;
+	size_t cap;
+	uint32_t count;
+	void **opaques;
+	uint32_t opq_cap;
+	int64_t created_ms;
+	uint8_t *wire;           /* sealed bytes: buf itself, or an lz4 copy */
+	uint32_t wire_len;
+	bool sealed;
+	uint32_t gen;            /* bumped on every send */
+	size_t mem;              /* bytes counted in buffer.memory */
+};
+
+struct ppart {
+	struct pbatch *open;             /* taking messages */
+	struct pbatch *q_head, *q_tail;  /* closed, not acknowledged, in sequence order */
+	struct pbatch *next_send;        /* first queued batch not yet sent (or NULL) */
+	uint32_t next_seq;               /* for the next batch sealed */
+};
+
+struct ptopic {
+	struct ptopic *next;
+	char *name;
+	uint32_t nparts;        /* 0 until metadata arrives */
+	struct ppart *parts;
+	int md_err;             /* why metadata failed, if it did */
+	char md_msg[160];
+	bool md_wanted;
+	uint32_t sticky;        /* partition for messages without a key */
+	bool sticky_set;
+};
+
+/* A produce request in flight: which batches, and which send of each. */
+struct preq {
+	struct preq *next;
+	uint32_t corr;
+	int64_t deadline;
+	uint32_t n;
+	struct pbatch **batches;
+	uint32_t *gens;
+};
+
+struct ringmq_producer {
+	struct ringmq_config cfg;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;           /* deliveries, metadata, memory */
+	pthread_t thread;
+	int efd;                     /* wakes the I/O thread */
+	struct ptopic *topics;       /* mu */
+	size_t mem;                  /* mu: (P3) */
+	size_t outstanding;          /* mu: messages not yet reported */
+	unsigned flushing;           /* mu: flush() calls waiting */
+	bool closing;                /* mu */
+	bool stop;                   /* mu: I/O thread must exit */
+	bool conn_down;              /* mu: the last connection attempt failed */
+	uint64_t producer_id;
+	/* I/O thread only */
+	struct rc_conn conn;
+	struct preq *inflight;
+	uint32_t ninflight;
+	uint32_t md_corr;            /* metadata request in flight, 0 if none */
+	uint8_t *arena_buf;
+	struct arena arena;
+};
+
+static void wake(struct ringmq_producer *p)
+{
+	uint64_t one = 1;
+	if (write(p->efd, &one, sizeof(one)) < 0)
+		return; /* the counter is saturated: the thread is awake anyway */
+}
+
+static uint64_t random_id(void)
+{
+	uint64_t id = 0;
+	while (id == 0) {
+		if (getrandom(&id, sizeof(id), 0) != sizeof(id)) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			id = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
+		}
+	}
+	return id;
+}
+
+/* ---- batches (caller holds mu) ---- */
+
+static struct ptopic *topic_find(struct ringmq_producer *p, const char *name)
+{
+	for (struct ptopic *t = p->topics; t; t = t->next)
+		if (strcmp(t->name, name) == 0)
+			return t;
+	return NULL;
+}
+
+static void batch_free(struct ringmq_producer *p, struct pbatch *b)
+{
+	p->mem -= b->mem;
+	if (b->wire != b->buf)
+		free(b->wire);
+	free(b->buf);
+	free(b->opaques);
+	free(b);
+}
+
+static struct pbatch *batch_new(struct ringmq_producer *p, struct ptopic *t, uint32_t part,
+				size_t cap)
+{
+	struct pbatch *b = calloc(1, sizeof(*b));
+	if (b == NULL)
+		return NULL;
+	b->buf = malloc(cap);
+	if (b->buf == NULL) {
+		free(b);
+		return NULL;
+	}
+	b->cap = cap;
+	b->topic = t;
+	b->partition = part;
+	b->created_ms = rc_now_ms();
+	b->mem = cap + sizeof(*b);
+	batch_builder_init(&b->b, b->buf, cap);
+	p->mem += b->mem;
+	return b;
+}
+
+/* Moves the open batch of a partition to its send queue. */
+static void batch_close(struct ptopic *t, uint32_t part)
+{
+	struct ppart *pp = &t->parts[part];
+	struct pbatch *b = pp->open;
+	if (b == NULL)
+		return;
+	pp->open = NULL;
+	if (pp->q_tail)
+		pp->q_tail->next = b;
+	else
+		pp->q_head = b;
+	pp->q_tail = b;
+	if (pp->next_send == NULL)
+		pp->next_send = b;
+	if (t->sticky_set && t->sticky == part)
+		t->sticky_set = false; /* the next keyless message picks again */
+}
+
+static int add_opaque(struct pbatch *b, void *opaque)
+{
+	if (b->count == b->opq_cap) {
+		uint32_t cap = b->opq_cap ? b->opq_cap * 2 : 16;
+		void **n = realloc(b->opaques, cap * sizeof(*n));
+		if (n == NULL)
+			return -1;
+		b->opaques = n;
+		b->opq_cap = cap;
+	}
+	b->opaques[b->count] = opaque;
+	return 0;
+}
+
+/* ---- produce (any thread) ---- */
+
+static int wait_metadata(struct ringmq_producer *p, struct ptopic *t, int64_t deadline)
+{
+	while (t->nparts == 0 && t->md_err == 0 && !p->closing) {
+		t->md_wanted = true;
+		wake(p);
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		int64_t left = deadline - rc_now_ms();
+		if (left <= 0)
+			return p->conn_down ? RINGMQ_ERR_TRANSPORT : RINGMQ_ERR_TIMEOUT;
+		if (left > 200)
+			left = 200;
+		ts.tv_nsec += (long)(left % 1000) * 1000000;
+		ts.tv_sec += left / 1000 + ts.tv_nsec / 1000000000;
+		ts.tv_nsec %= 1000000000;
+		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+	}
+	if (p->closing)
+		return RINGMQ_ERR_CLOSED;
+	if (t->nparts)
+		return 0;
+	int err = t->md_err;
+	t->md_err = 0; /* the next call asks again: the topic may be created */
+	return err;
+}
+
+static uint32_t pick_partition(struct ptopic *t, const void *key, size_t key_len)
+{
+	if (key_len > 0)
+		return (uint32_t)(XXH3_64bits(key, key_len) % t->nparts);
+	if (!t->sticky_set) {
+		t->sticky = (uint32_t)(random_id() % t->nparts);
+		t->sticky_set = true;
+	}
+	return t->sticky;
+}
+
+int ringmq_produce(struct ringmq_producer *p, const char *topic, int32_t partition,
+		   const void *key, size_t key_len, const void *value, size_t value_len,
+		   const struct ringmq_header *headers, size_t header_count, int64_t timestamp_ms,
+		   void *opaque)
+{
+	if (p == NULL || topic == NULL || (key_len && key == NULL) || (value_len && value == NULL) ||
+	    (header_count && headers == NULL) || header_count > RECORD_HEADERS_MAX ||
+	    partition < RINGMQ_PARTITION_ANY || key_len > UINT32_MAX || value_len > UINT32_MAX)
+		return RINGMQ_ERR_INVALID_ARG;
+	struct batch_kv kv[RECORD_HEADERS_MAX];
+	for (size_t i = 0; i < header_count; i++) {
+		size_t nl = headers[i].name ? strlen(headers[i].name) : 0;
+		if (headers[i].name == NULL || (headers[i].value_len && headers[i].value == NULL))
+			return RINGMQ_ERR_INVALID_ARG;
+		kv[i] = (struct batch_kv){ headers[i].name, (uint32_t)nl, headers[i].value,
+					   (uint32_t)headers[i].value_len };
+	}
+	size_t need = batch_record_size((uint32_t)key_len, (uint32_t)value_len, kv,
+					(uint32_t)header_count);
+	if (need + BATCH_HEADER_SIZE > p->cfg.message_max_bytes)
+		return RINGMQ_ERR_MSG_TOO_LARGE;
+	if (timestamp_ms == 0) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		timestamp_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	}
+	int64_t deadline = rc_now_ms() + p->cfg.max_block_ms;
+
+	pthread_mutex_lock(&p->mu);
+	int ret = 0;
+	struct ptopic *t = topic_find(p, topic);
+	if (t == NULL) {
+		t = calloc(1, sizeof(*t));
+		if (t == NULL || (t->name = strdup(topic)) == NULL) {
+			free(t);
+			ret = RINGMQ_ERR_NO_MEMORY;
+			goto out;
+		}
+		t->next = p->topics;
+		p->topics = t;
+	}
+	if (p->closing) {
+		ret = RINGMQ_ERR_CLOSED;
+		goto out;
+	}
+	if (t->nparts == 0) {
+		ret = wait_metadata(p, t, deadline);
+		if (ret != 0)
+			goto out;
+	}
+	uint32_t part = partition == RINGMQ_PARTITION_ANY ? pick_partition(t, key, key_len)
+							   : (uint32_t)partition;
+	if (part >= t->nparts) {
+		ret = RINGMQ_ERR_UNKNOWN_PARTITION;
+		goto out;
+	}
+	struct ppart *pp = &t->parts[part];
+	for (;;) {
+		struct pbatch *b = pp->open;
+		if (b != NULL) {
+			int r = batch_add(&b->b, timestamp_ms, key, (uint32_t)key_len, value,
+					  (uint32_t)value_len, kv, (uint32_t)header_count);
+			if (r == 0) {
+				if (add_opaque(b, opaque) != 0) {
+					ret = RINGMQ_ERR_NO_MEMORY; /* the record stays: report it */
+					b->b.count--;
+					goto out;
+				}
+				b->count++;
+				p->outstanding++;
+				if (b->b.len + BATCH_HEADER_SIZE >= b->cap)
+					wake(p);
+				break;
+			}
+			if (r != -ENOSPC || b->count == 0) {
+				ret = RINGMQ_ERR_MSG_TOO_LARGE;
+				goto out;
+			}
+			batch_close(t, part);
+			wake(p);
+		}
+		size_t cap = p->cfg.batch_size > need + BATCH_HEADER_SIZE
+				     ? p->cfg.batch_size
+				     : need + BATCH_HEADER_SIZE;
+		/* (P3): wait for room, or fail at once, per block.on.buffer.full. */
+		while (p->mem + cap > p->cfg.buffer_memory && p->mem > 0 && !p->closing) {
+			if (!p->cfg.block_on_full || rc_now_ms() >= deadline) {
+				ret = RINGMQ_ERR_QUEUE_FULL;
+				goto out;
+			}
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 50 * 1000000;
+			ts.tv_sec += ts.tv_nsec / 1000000000;
+			ts.tv_nsec %= 1000000000;
+			pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+		}
+		if (p->closing) {
+			ret = RINGMQ_ERR_CLOSED;
+			goto out;
+		}
+		if (pp->open != NULL)
+			continue; /* another thread opened one while we waited */
+		pp->open = batch_new(p, t, part, cap);
+		if (pp->open == NULL) {
+			ret = RINGMQ_ERR_NO_MEMORY;
+			goto out;
+		}
+	}
+out:
+	pthread_mutex_unlock(&p->mu);
+	return ret;
+}
+
+size_t ringmq_producer_outstanding(struct ringmq_producer *p)
+{
+	pthread_mutex_lock(&p->mu);
+	size_t n = p->outstanding;
+	pthread_mutex_unlock(&p->mu);
+	return n;
+}
+
+int ringmq_producer_flush(struct ringmq_producer *p, int timeout_ms)
+{
+	int64_t deadline = rc_now_ms() + timeout_ms;
+	pthread_mutex_lock(&p->mu);
+	p->flushing++;
+	wake(p);
+	int ret = 0;
+	while (p->outstanding > 0) {
+		if (timeout_ms >= 0 && rc_now_ms() >= deadline) {
+			ret = RINGMQ_ERR_TIMEOUT;
+			break;
+		}
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 20 * 1000000;
+		ts.tv_sec += ts.tv_nsec / 1000000000;
+		ts.tv_nsec %= 1000000000;
+		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+	}
+	p->flushing--;
+	pthread_mutex_unlock(&p->mu);
+	return ret;
+}
+
+/* ---- deliveries ---- */
+
+struct report {
+	struct pbatch *b;
+	int err;
+	int64_t base;
+};
+
+/* Reports every message of the batches, then frees them (P2). Called
+ * without mu; takes it to update the counters. */
+static void report(struct ringmq_producer *p, struct report *r, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct pbatch *b = r[i].b;
+		if (p->cfg.delivery_cb == NULL)
+			continue;
+		for (uint32_t k = 0; k < b->count; k++) {
+			struct ringmq_delivery d = {
+				.err = r[i].err,
+				.topic = b->topic->name,
+				.partition = (int32_t)b->partition,
+				.offset = r[i].err == 0 && r[i].base >= 0 ? r[i].base + k : -1,
+				.opaque = b->opaques ? b->opaques[k] : NULL,
+			};
+			p->cfg.delivery_cb(&d, p->cfg.delivery_opaque);
+		}
+	}
+	pthread_mutex_lock(&p->mu);
+	for (size_t i = 0; i < n; i++) {
+		p->outstanding -= r[i].b->count;
+		batch_free(p, r[i].b);
+	}
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
+/* Removes batch b from its partition queue (it is acknowledged or failed).
+ * Caller holds mu. */
+static void dequeue(struct pbatch *b)
+{
+	struct ppart *pp = &b->topic->parts[b->partition];
+	struct pbatch **pb = &pp->q_head, *prev = NULL;
+	while (*pb != NULL && *pb != b) {
+		prev = *pb;
+		pb = &(*pb)->next;
+	}
+	if (*pb == NULL)
+		return;
+	*pb = b->next;
+	if (pp->q_tail == b)
+		pp->q_tail = prev;
+	if (pp->next_send == b)
+		pp->next_send = b->next;
+	b->next = NULL;
+}
+
+/* ---- the I/O thread ---- */
+
+static void seal(struct ringmq_producer *p, struct pbatch *b)
+{
+	struct ppart *pp = &b->topic->parts[b->partition];
+	uint64_t pid = p->cfg.idempotence ? p->producer_id : 0;
+	uint32_t seq = pp->next_seq;
+	pp->next_seq += b->count;
+	b->wire = b->buf;
+	b->wire_len = batch_seal(&b->b, pid, seq);
+	if (p->cfg.lz4) {
+		size_t bound = batch_lz4_bound(b->b.len);
+		uint8_t *z = malloc(bound);
+		ssize_t n = z ? batch_seal_lz4(&b->b, z, bound, pid, seq) : -1;
+		if (n > 0 && (uint32_t)n < b->wire_len) {
+			b->wire = z;
+			b->wire_len = (uint32_t)n;
+		} else {
+			free(z);
+		}
+	}
+	b->sealed = true;
+}
+
+/* Sends one produce request with the next unsent batch of every partition
+ * that has one (P1: one batch per partition per request, in queue order, so
+ * the base offset the broker returns for a partition is that batch's, even
+ * when the broker answers it as a duplicate). Caller holds mu. */
+static void send_produce(struct ringmq_producer *p)
+{
+	uint32_t ntopics = 0, nparts = 0;
+	for (struct ptopic *t = p->topics; t; t = t->next)
+		for (uint32_t i = 0; i < t->nparts; i++)
+			if (t->parts[i].next_send != NULL)
+				nparts++;
+	if (nparts == 0)
+		return;
+	struct preq *rq = calloc(1, sizeof(*rq));
+	struct proto_produce_part *pps = calloc(nparts, sizeof(*pps));
+	struct proto_produce_topic *pts = calloc(nparts, sizeof(*pts));
+	if (rq)
+		rq->batches = calloc(nparts, sizeof(*rq->batches));
+	if (rq)
+		rq->gens = calloc(nparts, sizeof(*rq->gens));
+	if (rq == NULL || pps == NULL || pts == NULL || rq->batches == NULL || rq->gens == NULL) {
+		if (rq) {
+			free(rq->batches);
+			free(rq->gens);
+		}
+		free(rq);
+		free(pps);
+		free(pts);
+		return; /* retried on the next round */
+	}
+	size_t bytes = 0;
+	uint32_t k = 0;
+	for (struct ptopic *t = p->topics; t && bytes < REQUEST_BYTES_MAX; t = t->next) {
+		uint32_t first = k;
+		for (uint32_t i = 0; i < t->nparts && bytes < REQUEST_BYTES_MAX; i++) {
+			struct pbatch *b = t->parts[i].next_send;
+			if (b == NULL)
+				continue;
+			if (!b->sealed)
+				seal(p, b);
+			t->parts[i].next_send = b->next;
+			b->gen++;
+			rq->batches[rq->n] = b;
+			rq->gens[rq->n++] = b->gen;
+			pps[k++] = (struct proto_produce_part){ i, { b->wire, b->wire_len } };
+			bytes += b->wire_len;
+		}
+		if (k > first)
+			pts[ntopics++] = (struct proto_produce_topic){ pstr_c(t->name), k - first,
+								       &pps[first] };
+	}
+	union proto_request req = { .produce = { p->cfg.acks, (uint32_t)p->cfg.request_timeout_ms,
+						  ntopics, pts } };
+	rq->corr = rc_conn_queue(&p->conn, API_PRODUCE, &req);
+	rq->deadline = rc_now_ms() + p->cfg.request_timeout_ms;
+	free(pps);
+	free(pts);
+	if (rq->corr == 0) {
+		/* Not encoded (out of memory): the batches go back unsent. */
+		for (uint32_t i = 0; i < rq->n; i++) {
+			struct pbatch *b = rq->batches[i];
+			b->topic->parts[b->partition].next_send = b;
+		}
+		free(rq->batches);
+		free(rq->gens);
+		free(rq);
+		return;
+	}
+	rq->next = p->inflight;
+	p->inflight = rq;
+	p->ninflight++;
+}
+
+/* Everything unacknowledged will be sent again, in order: after a lost
+ * connection, or for one partition after a retriable error. */
+static void resend_partition(struct ppart *pp)
+{
+	for (struct pbatch *b = pp->q_head; b; b = b->next)
+		b->gen++; /* supersede replies to earlier sends */
+	pp->next_send = pp->q_head;
+}
+
+static void resend_all(struct ringmq_producer *p)
+{
+	for (struct ptopic *t = p->topics; t; t = t->next)
+		for (uint32_t i = 0; i < t->nparts; i++)
+			resend_partition(&t->parts[i]);
+	while (p->inflight) {
+		struct preq *rq = p->inflight;
+		p->inflight = rq->next;
+		free(rq->batches);
+		free(rq->gens);
+		free(rq);
+	}
+	p->ninflight = 0;
+}
+
+/* A new producer id: every unacknowledged batch is sealed again with fresh
+ * sequences from 0 and sent again. Caller holds mu. */
+static void rebase_producer(struct ringmq_producer *p)
+{
+	p->producer_id = random_id();
+	for (struct ptopic *t = p->topics; t; t = t->next) {
+		for (uint32_t i = 0; i < t->nparts; i++) {
+			struct ppart *pp = &t->parts[i];
+			pp->next_seq = 0;
+			for (struct pbatch *b = pp->q_head; b; b = b->next) {
+				if (b->wire != b->buf)
+					free(b->wire);
+				b->wire = NULL;
+				b->sealed = false;
+			}
+		}
+	}
+	resend_all(p);
+}
+
+/* While no broker can be reached, batches older than delivery.timeout.ms
+ * fail (none is in flight then). Caller holds mu. */
+static void expire_unsent(struct ringmq_producer *p, int64_t now, struct report **reps,
+			  size_t *nrep, size_t *cap)
+{
+	for (struct ptopic *t = p->topics; t; t = t->next) {
+		for (uint32_t i = 0; i < t->nparts; i++) {
+			struct ppart *pp = &t->parts[i];
+			if (pp->open && now - pp->open->created_ms > p->cfg.delivery_timeout_ms)
+				batch_close(t, i);
+			while (pp->q_head && now - pp->q_head->created_ms > p->cfg.delivery_timeout_ms) {
+				struct pbatch *b = pp->q_head;
+				dequeue(b);
+				if (*nrep == *cap) {
+					*cap = *cap ? *cap * 2 : 16;
+					*reps = realloc(*reps, *cap * sizeof(**reps));
+				}
+				(*reps)[(*nrep)++] = (struct report){ b, RINGMQ_ERR_TIMEOUT, -1 };
+			}
+		}
+	}
+}
+
+static struct preq *take_req(struct ringmq_producer *p, uint32_t corr)
+{
+	for (struct preq **pr = &p->inflight; *pr; pr = &(*pr)->next) {
+		if ((*pr)->corr == corr) {
+			struct preq *rq = *pr;
+			*pr = rq->next;
+			p->ninflight--;
+			return rq;
+		}
+	}
+	return NULL;
+}
+
+/* Applies a produce response. Caller holds mu; reports are collected. */
+static void on_produce(struct ringmq_producer *p, struct preq *rq, const struct proto_resp_hdr *h,
+		       const struct proto_produce_resp *resp, struct report **reps, size_t *nrep,
+		       size_t *cap, bool *rebase)
+{
+	for (uint32_t i = 0; i < rq->n; i++) {
+		struct pbatch *b = rq->batches[i];
+		if (b->gen != rq->gens[i])
+			continue; /* superseded by a later send */
+		int err = h->err ? rc_err_from_broker(h->err) : RINGMQ_ERR_PROTOCOL;
+		int64_t base = -1;
+		const struct proto_produce_resp_part *rp = NULL;
+		for (uint32_t ti = 0; h->err == 0 && ti < resp->ntopics && rp == NULL; ti++) {
+			if (!pstr_eq(resp->topics[ti].name, b->topic->name))
+				continue;
+			for (uint32_t k = 0; k < resp->topics[ti].nparts; k++)
+				if (resp->topics[ti].parts[k].partition == b->partition)
+					rp = &resp->topics[ti].parts[k];
+		}
+		if (rp != NULL) {
+			err = rp->err ? rc_err_from_broker(rp->err) : 0;
+			base = (int64_t)rp->base_offset;
+		}
+		struct ppart *pp = &b->topic->parts[b->partition];
+		bool expired = rc_now_ms() - b->created_ms > p->cfg.delivery_timeout_ms;
+		if (err == RINGMQ_ERR_OUT_OF_ORDER_SEQUENCE && pp->q_head == b && !expired) {
+			/* Nothing before it is pending, yet the broker expects
+			 * another sequence: it lost or evicted this producer's
+			 * state. Start over under a new producer id. */
+			*rebase = true;
+			continue;
+		}
+		if (err != 0 && (rc_err_retriable(err) || err == RINGMQ_ERR_OUT_OF_ORDER_SEQUENCE) &&
+		    !expired) {
+			/* This batch and every later one of the partition go again;
+			 * the broker drops those it already holds. */
+			resend_partition(pp);
+			continue;
+		}
+		if (err != 0 && expired && rc_err_retriable(err))
+			err = RINGMQ_ERR_TIMEOUT;
+		dequeue(b);
+		if (*nrep == *cap) {
+			*cap = *cap ? *cap * 2 : 16;
+			*reps = realloc(*reps, *cap * sizeof(**reps));
+		}
+		(*reps)[(*nrep)++] = (struct report){ b, err, base };
+	}
+}
+
+static void on_metadata(struct ringmq_producer *p, const struct proto_resp_hdr *h,
+			const struct proto_metadata_resp *md)
+{
+	for (struct ptopic *t = p->topics; t; t = t->next) {
+		if (!t->md_wanted || t->nparts)
+			continue;
+		if (h->err != 0) {
+			t->md_err = rc_err_from_broker(h->err);
+			snprintf(t->md_msg, sizeof(t->md_msg), "%.*s", (int)h->msg.len, h->msg.p);
+			t->md_wanted = false;
+			continue;
+		}
+		for (uint32_t i = 0; i < md->ntopics; i++) {
+			const struct proto_md_topic *mt = &md->topics[i];
+			if (!pstr_eq(mt->name, t->name))
+				continue;
+			t->md_wanted = false;
+			if (mt->err != 0 || mt->nparts == 0) {
+				t->md_err = mt->err ? rc_err_from_broker(mt->err)
+						    : RINGMQ_ERR_UNKNOWN_TOPIC;
+				break;
+			}
+			t->parts = calloc(mt->nparts, sizeof(*t->parts));
+			if (t->parts == NULL) {
+				t->md_err = RINGMQ_ERR_NO_MEMORY;
+				break;
+			}
+			t->nparts = mt->nparts;
+		}
+	}
+	pthread_cond_broadcast(&p->cv);
+}
+
+static void send_metadata(struct ringmq_producer *p)
+{
+	struct pstr names[64];
+	uint32_t n = 0;
+	for (struct ptopic *t = p->topics; t && n < 64; t = t->next)
+		if (t->md_wanted && t->nparts == 0 && t->md_err == 0)
+			names[n++] = pstr_c(t->name);
+	if (n == 0 || p->md_corr != 0)
+		return;
+	union proto_request req = { .metadata = { n, names } };
+	p->md_corr = rc_conn_queue(&p->conn, API_METADATA, &req);
+}
+
+/* Closes batches whose linger is over (all of them when flushing or
+ * closing). Returns the ms until the next one is due. Caller holds mu. */
+static int close_due(struct ringmq_producer *p, int64_t now)
+{
+	int next = 1000;
+	bool all = p->flushing > 0 || p->closing;
+	for (struct ptopic *t = p->topics; t; t = t->next) {
+		for (uint32_t i = 0; i < t->nparts; i++) {
+			struct pbatch *b = t->parts[i].open;
+			if (b == NULL || b->count == 0)
+				continue;
+			int64_t due = b->created_ms + p->cfg.linger_ms;
+			bool full = b->b.len + 64 >= b->cap;
+			if (all || full || due <= now)
+				batch_close(t, i);
+			else if (due - now < next)
+				next = (int)(due - now);
+		}
+	}
+	return next;
+}
+
+/* Fails every message still held: the producer is closing and could not
+ * deliver them in time. Caller holds mu; the reports are collected. */
+static void fail_all(struct ringmq_producer *p, int err, struct report **reps, size_t *nrep,
+		     size_t *cap)
+{
+	for (struct ptopic *t = p->topics; t; t = t->next) {
+		for (uint32_t i = 0; i < t->nparts; i++) {
+			batch_close(t, i);
+			struct ppart *pp = &t->parts[i];
+			while (pp->q_head) {
+				struct pbatch *b = pp->q_head;
+				dequeue(b);
+				if (*nrep == *cap) {
+					*cap = *cap ? *cap * 2 : 16;
+					*reps = realloc(*reps, *cap * sizeof(**reps));
+				}
+				(*reps)[(*nrep)++] = (struct report){ b, err, -1 };
+			}
+		}
+	}
+}
+
+static void handle_frames(struct ringmq_producer *p, struct report **reps, size_t *nrep,
+			  size_t *cap)
+{
+	uint32_t len;
+	const uint8_t *f;
+	while ((f = rc_conn_next_frame(&p->conn, &len)) != NULL) {
+		struct proto_resp_hdr h;
+		struct pr body;
+		if (proto_resp_header(f, len, &h, &body) != 0)
+			continue;
+		arena_reset(&p->arena);
+		union proto_response resp;
+		if (h.correlation_id == p->md_corr) {
+			p->md_corr = 0;
+			int ok = h.err != 0 ||
+				 proto_decode_response(API_METADATA, 0, &body, &p->arena, &resp) == 0;
+			pthread_mutex_lock(&p->mu);
+			if (ok)
+				on_metadata(p, &h, &resp.metadata);
+			pthread_mutex_unlock(&p->mu);
+			continue;
+		}
+		struct preq *rq = take_req(p, h.correlation_id);
+		if (rq == NULL)
+			continue;
+		if (h.err == 0 &&
+		    proto_decode_response(API_PRODUCE, 0, &body, &p->arena, &resp) != 0)
+			memset(&resp, 0, sizeof(resp));
+		bool rebase = false;
+		pthread_mutex_lock(&p->mu);
+		on_produce(p, rq, &h, &resp.produce, reps, nrep, cap, &rebase);
+		if (rebase)
+			rebase_producer(p);
+		pthread_mutex_unlock(&p->mu);
+		free(rq->batches);
+		free(rq->gens);
+		free(rq);
+	}
+}
+
+/* acks=0: a request counts as delivered once it is written to the socket. */
+static void settle_acks0(struct ringmq_producer *p, struct report **reps, size_t *nrep,
+			 size_t *cap)
+{
+	if (p->cfg.acks != PROTO_ACKS_NONE || rc_conn_want_send(&p->conn))
+		return;
+	pthread_mutex_lock(&p->mu);
+	while (p->inflight) {
+		struct preq *rq = p->inflight;
+		p->inflight = rq->next;
+		p->ninflight--;
+		for (uint32_t i = 0; i < rq->n; i++) {
+			struct pbatch *b = rq->batches[i];
+			if (b->gen != rq->gens[i])
+				continue;
+			dequeue(b);
+			if (*nrep == *cap) {
+				*cap = *cap ? *cap * 2 : 16;
+				*reps = realloc(*reps, *cap * sizeof(**reps));
+			}
+			(*reps)[(*nrep)++] = (struct report){ b, 0, -1 };
+		}
+		free(rq->batches);
+		free(rq->gens);
+		free(rq);
+	}
+	pthread_mutex_unlock(&p->mu);
+}
+
+static void *io_main(void *arg)
+{
+	struct ringmq_producer *p = arg;
+	struct report *reps = NULL;
+	size_t nrep = 0, cap = 0;
+	int64_t close_deadline = 0;
+	for (;;) {
+		int64_t now = rc_now_ms();
+		pthread_mutex_lock(&p->mu);
+		if (p->closing && close_deadline == 0)
+			close_deadline = now + p->cfg.delivery_timeout_ms;
+		if (p->stop || (p->closing && (p->outstanding == 0 || now >= close_deadline))) {
+			fail_all(p, RINGMQ_ERR_CLOSED, &reps, &nrep, &cap);
+			pthread_mutex_unlock(&p->mu);
+			break;
+		}
+		int wait = close_due(p, now);
+		bool want_md = false;
+		for (struct ptopic *t = p->topics; t; t = t->next)
+			want_md |= t->md_wanted && t->nparts == 0 && t->md_err == 0;
+		pthread_mutex_unlock(&p->mu);
+
+		if (!rc_conn_up(&p->conn)) {
+			int ret = rc_conn_connect(&p->conn, 1000);
+			if (ret != 0) {
+				pthread_mutex_lock(&p->mu);
+				p->conn_down = true;
+				expire_unsent(p, rc_now_ms(), &reps, &nrep, &cap);
+				pthread_cond_broadcast(&p->cv);
+				pthread_mutex_unlock(&p->mu);
+				if (nrep > 0) {
+					report(p, reps, nrep);
+					nrep = 0;
+				}
+				uint64_t v;
+				if (rc_poll(p->efd, false, -1, 20) > 0 &&
+				    read(p->efd, &v, sizeof(v)) < 0)
+					v = 0;
+				continue;
+			}
+			pthread_mutex_lock(&p->mu);
+			resend_all(p); /* (P1) on the new connection */
+			p->md_corr = 0;
+			p->conn_down = false;
+			pthread_mutex_unlock(&p->mu);
+		}
+		pthread_mutex_lock(&p->mu);
+		if (want_md)
+			send_metadata(p);
+		while (p->ninflight < p->cfg.max_in_flight) {
+			uint32_t before = p->ninflight;
+			send_produce(p);
+			if (p->ninflight == before)
+				break;
+		}
+		pthread_mutex_unlock(&p->mu);
+
+		if (rc_conn_send_some(&p->conn) == 0)
+			settle_acks0(p, &reps, &nrep, &cap);
+		int64_t oldest = INT64_MAX;
+		for (struct preq *rq = p->inflight; rq; rq = rq->next)
+			if (rq->deadline < oldest)
+				oldest = rq->deadline;
+		now = rc_now_ms();
+		if (oldest != INT64_MAX && oldest - now < wait)
+			wait = oldest > now ? (int)(oldest - now) : 0;
+		if (rc_conn_up(&p->conn)) {
+			rc_poll(p->conn.fd, rc_conn_want_send(&p->conn), p->efd, wait);
+			uint64_t v;
+			if (read(p->efd, &v, sizeof(v)) < 0)
+				v = 0; /* nonblocking: nothing to read */
+			if (rc_conn_recv_some(&p->conn) == 0)
+				handle_frames(p, &reps, &nrep, &cap);
+			if (oldest != INT64_MAX && rc_now_ms() > oldest) {
+				snprintf(p->conn.err, sizeof(p->conn.err),
+					 "no produce reply within request.timeout.ms");
+				rc_conn_close(&p->conn);
+			}
+		}
+		if (nrep > 0) {
+			report(p, reps, nrep);
+			nrep = 0;
+		}
+	}
+	if (nrep > 0)
+		report(p, reps, nrep);
+	free(reps);
+	return NULL;
+}
+
+struct ringmq_producer *ringmq_producer_new(const struct ringmq_config *cfg, char *errstr,
+					    size_t errlen)
+{
+	struct ringmq_producer *p = calloc(1, sizeof(*p));
+	if (p == NULL) {
+		rc_fail(errstr, errlen, RINGMQ_ERR_NO_MEMORY, "out of memory");
+		return NULL;
+	}
+	if (cfg)
+		p->cfg = *cfg;
+	else
+		rc_config_default(&p->cfg);
+	if (p->cfg.batch_size > p->cfg.message_max_bytes)
+		p->cfg.batch_size = p->cfg.message_max_bytes;
+	p->producer_id = random_id();
+	p->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	p->arena_buf = malloc(1u << 20);
+	if (p->efd < 0 || p->arena_buf == NULL) {
+		if (p->efd >= 0)
+			close(p->efd);
+		free(p->arena_buf);
+		free(p);
+		rc_fail(errstr, errlen, RINGMQ_ERR_NO_MEMORY, "cannot set up the producer");
+		return NULL;
+	}
+	arena_init(&p->arena, p->arena_buf, 1u << 20);
+	rc_conn_init(&p->conn, &p->cfg);
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_cond_init(&p->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	if (pthread_create(&p->thread, NULL, io_main, p) != 0) {
+		close(p->efd);
+		free(p->arena_buf);
+		free(p);
+		rc_fail(errstr, errlen, RINGMQ_ERR_NO_MEMORY, "cannot start the I/O thread");
+		return NULL;
+	}
+	return p;
+}
+
+void ringmq_producer_free(struct ringmq_producer *p)
+{
+	if (p == NULL)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->closing = true;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	wake(p);
+	pthread_join(p->thread, NULL);
+	resend_all(p); /* frees requests still listed */
+	for (struct ptopic *t = p->topics, *n; t; t = n) {
+		n = t->next;
+		free(t->parts);
+		free(t->name);
+		free(t);
+	}
+	rc_conn_free(&p->conn);
+	close(p->efd);
+	free(p->arena_buf);
+	pthread_mutex_destroy(&p->mu);
+	pthread_cond_destroy(&p->cv);
+	free(p);
+}
