@@ -177,6 +177,7 @@ struct loop {
 	struct api_stats api[API_COUNT];
 	uint64_t conns_accepted, conns_refused, conns_closed_bad;
 	uint64_t bytes_in, bytes_out, msgs_in;
+	uint64_t produce_requests; /* for test.drop.after.append */
 	int64_t last_refused_log_ms;
 };
 

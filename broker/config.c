@@ -226,6 +226,7 @@ static const struct ukey u32_keys[] = {
 	UKEY("max.wait.ms", max_wait_ms_limit, 0, 3600000, false),
 	UKEY("http.max.connections", http_max_connections, 1, 10000, false),
 	UKEY("test.fsync.delay.ms", test_fsync_delay_ms, 0, 10000, false),
+	UKEY("test.drop.after.append", test_drop_after_append, 0, 1000000, false),
 };
 
 static const struct ukey u64_keys[] = {

@@ -60,6 +60,8 @@ struct broker_config {
 	uint32_t max_wait_ms_limit;      /* longest fetch long poll allowed */
 	uint32_t http_max_connections;
 	uint32_t test_fsync_delay_ms;    /* tests only: delay every fdatasync */
+	uint32_t test_drop_after_append; /* tests only: every Nth produce is appended,
+					    then its connection closed unanswered */
 	/* defaults for new topics */
 	struct topic_config topic_defaults;
 };
