@@ -573,11 +573,12 @@ static int log_roll(struct log *log)
 	if (seg->state == SEG_ACTIVE) {
 		seg->state = SEG_SEALING;
 		seal_step(seg);
-	} else {
-		/* The last segment is CLOSED: a create failed after its seal. */
-		assert(seg->state == SEG_CLOSED);
+	} else if (seg->state == SEG_CLOSED) {
+		/* A create failed after the seal: start the new one now. */
 		create_step(next);
 	}
+	/* A PENDING or CREATING segment is sealed as soon as it is live (see
+	 * create_step), and then its successor is created: (S1) holds. */
 	return 0;
 }
 
@@ -586,10 +587,12 @@ static bool roll_due(const struct log *log, const struct segment *seg, uint32_t 
 {
 	if (seg->state == SEG_CLOSED)
 		return true;
-	if (seg->state != SEG_ACTIVE || seg->end_pos == 0)
-		return false; /* a new segment takes everything until it is live */
+	if (seg->end_pos == 0)
+		return false; /* an empty segment takes any batch that fits a segment */
 	if (seg->end_pos + len > log->cfg.segment_bytes)
-		return true;
+		return true; /* also while it is not live yet: the next one queues behind it */
+	if (seg->state != SEG_ACTIVE)
+		return false;
 	if (log->end - seg->base > (uint64_t)UINT32_MAX - BATCH_RECORDS_MAX)
 		return true; /* relative offsets in the index are 32-bit */
 	return log->cfg.segment_ms > 0 && now_ms - seg->created_ms >= log->cfg.segment_ms;
@@ -706,6 +709,7 @@ static void writes_submit(struct log *log)
 		w->len = c->fill - c->submitted;
 		w->file_pos = c->file_pos + c->submitted;
 		w->end_offset = c->fill_end; /* writes always end on a batch boundary */
+		w->flush_gen = env->flush_gen;
 		c->submitted = c->fill;
 		c->inflight++;
 		c->seg->submitted_pos = w->file_pos + w->len;
@@ -793,6 +797,7 @@ static void log_advance(struct log *log)
 			seg->written_pos = w->file_pos + w->len;
 			c->written += w->len;
 			written = w->end_offset;
+			log->done_gen = w->flush_gen;
 			env->stats.bytes_written += w->len;
 			env->stats.writes++;
 			assert(env->staged >= w->len);
@@ -981,9 +986,12 @@ static void seal_step(struct segment *seg)
 	say_debug("log %s: sealed %s (%" PRIu64 " bytes)", log->dir, seg->name_log, seg->end_pos);
 	if (log->durable_end < seg->end_offset)
 		log_set_watermarks(log, log->written_end, seg->end_offset); /* (D) */
-	struct segment *last = log_last(log);
-	if (last != seg && last->state == SEG_PENDING)
-		create_step(last);
+	for (uint32_t i = 0; i + 1 < log->nsegs; i++) {
+		if (log->segs[i] == seg && log->segs[i + 1]->state == SEG_PENDING) {
+			create_step(log->segs[i + 1]);
+			break;
+		}
+	}
 	log_mark_dirty(log);
 }
 
@@ -1006,12 +1014,12 @@ static void create_op_done(struct ioq_op *op, int res, unsigned flags)
 		create_step(seg);
 }
 
-/* CREATING -> removed [create_failed]: appends staged for this segment get
- * the error; the next append tries a new segment at the same base. */
+/* CREATING -> removed [create_failed]: appends staged for this segment, and
+ * for any PENDING ones queued behind it, get the error; the next append
+ * tries a new segment at the same base. */
 static void create_failed(struct segment *seg, int err)
 {
 	struct log *log = seg->log;
-	assert(log_last(log) == seg);
 	say_error("log %s: cannot start segment %s: %s", log->dir, seg->name_log, strerror(-err));
 	/* Leftover files are harmless: an empty last segment recovers as
 	 * empty, and the retry opens them with O_TRUNC. */
@@ -1025,20 +1033,28 @@ static void create_failed(struct segment *seg, int err)
 	for (struct chunk *c = log->chunk_head, *n; c != NULL; c = n) {
 		n = c->next;
 		/* The sealed segment's last chunk may still be listed, fully
-		 * written; everything staged for this segment was never sent. */
+		 * written; everything staged from this segment on was never sent. */
 		assert(c->inflight == 0);
-		assert(c->seg == seg || c->written == c->fill);
+		assert(c->seg->base >= seg->base || c->written == c->fill);
 		log->env->staged -= c->fill - c->written;
 		chunk_put(log->env, c);
 	}
 	log->chunk_head = log->chunk_tail = NULL;
-	log->nsegs--;
-	log->end = seg->base;
-	if (log->recent_seg == seg)
-		log->recent_seg = NULL;
-	wq_fail_from(&log->wq_head, &log->wq_tail, seg->base, err);
-	wq_fail_from(&log->dq_head, &log->dq_tail, seg->base, err);
-	seg_unref(seg);
+	uint64_t base = seg->base; /* seg is freed below */
+	while (log->nsegs > 0) {
+		struct segment *last = log_last(log);
+		log->nsegs--;
+		if (log->recent_seg == last)
+			log->recent_seg = NULL;
+		bool done = last == seg;
+		assert(done || last->state == SEG_PENDING);
+		seg_unref(last);
+		if (done)
+			break;
+	}
+	log->end = base;
+	wq_fail_from(&log->wq_head, &log->wq_tail, base, err);
+	wq_fail_from(&log->dq_head, &log->dq_tail, base, err);
 	log_mark_dirty(log);
 }
 
@@ -1091,6 +1107,12 @@ static void create_step(struct segment *seg)
 	io->step_no = 0;
 	seg->state = SEG_ACTIVE;
 	say_debug("log %s: started %s", log->dir, seg->name_log);
+	if (log_last(log) != seg) {
+		/* It filled up while its files were being made: ACTIVE ->
+		 * SEALING [log_roll] at once; its successor waits for the seal. */
+		seg->state = SEG_SEALING;
+		seal_step(seg);
+	}
 	log_mark_dirty(log);
 }
 
@@ -1281,14 +1303,25 @@ static void sync_start(struct log *log)
 			    IORING_FSYNC_DATASYNC);
 }
 
+/* Group commit: an fdatasync waits for the other writes submitted by the
+ * same flush as the last one that completed (they finish within microseconds
+ * of each other), so it covers all of them instead of the first only. */
+static bool sync_due(const struct log *log)
+{
+	if (!log->sync_wanted && !(log->dq_head && log->dq_head->offset < log->written_end))
+		return false;
+	return log->wop_head == NULL || log->wop_head->flush_gen > log->done_gen;
+}
+
 void log_env_flush(struct log_env *env)
 {
+	env->flush_gen++;
 	while (env->dirty != NULL) {
 		struct log *log = env->dirty;
 		env->dirty = log->next_dirty;
 		log->in_dirty_list = false;
 		writes_submit(log);
-		if (log->sync_wanted || (log->dq_head && log->dq_head->offset < log->written_end))
+		if (sync_due(log))
 			sync_start(log);
 	}
 }

@@ -45,7 +45,7 @@
 #define CHUNK_SIZE (256u << 10)
 /* Fully written chunks kept for reuse, per env, so a busy log never pays
  * for a fresh mmap per write. */
-#define CHUNK_FREE_MAX 32u
+#define CHUNK_FREE_MAX 64u
 /* Index entries encoded per index-file write. */
 #define IDXW_ENTRIES 512u
 /* Read window for lookups: a walk from an index entry covers about one
@@ -134,6 +134,7 @@ struct wop {
 	uint32_t off, len, done;
 	uint64_t file_pos;
 	uint64_t end_offset;   /* log offset after the last batch in this write */
+	uint64_t flush_gen;    /* the log_env_flush that submitted it */
 	int err;
 	bool complete;
 };
@@ -149,6 +150,7 @@ struct log_env {
 	_Atomic uint32_t logs;  /* log_open may run on another thread */
 	struct log_env_stats stats;
 	bool ftruncate_op;      /* the kernel has IORING_OP_FTRUNCATE */
+	uint64_t flush_gen;     /* log_env_flush calls so far */
 	uint32_t fsync_delay_ms; /* tests: see log_env_set_fsync_delay */
 };
 
@@ -164,6 +166,7 @@ struct log {
 	struct chunk *chunk_head, *chunk_tail;
 	struct wop *wop_head, *wop_tail;
 	uint32_t wops_inflight;
+	uint64_t done_gen;     /* flush_gen of the last write that completed */
 	/* group commit */
 	struct seg_op sync_op;
 	bool sync_inflight, sync_wanted;

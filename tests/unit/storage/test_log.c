@@ -1,5 +1,6 @@
 /* test_log.c — the partition log: round trips across many rolls, lookups by
  * offset and time at every boundary, retention, reopen, flush policies. */
+#include <dirent.h>
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -390,6 +391,45 @@ static void test_power_loss_leaves_no_hole(void **state)
 	assert_non_null(rep.truncated_why); /* the cut is reported, not silent */
 }
 
+/* Appends keep coming while a roll is underway: the segment being created
+ * must still roll at segment.bytes instead of taking everything staged
+ * meanwhile (which could also overflow the index's 32-bit positions). */
+static void test_segments_bounded_during_roll(void **state)
+{
+	struct fixture *f = *state;
+	f->cfg.segment_bytes = 4096;
+	open_log(f);
+	uint32_t len;
+	uint8_t *b = tu_batch(4, 100, 1, 1, false, &len);
+	for (int i = 0; i < 400; i++) { /* no waiting: all staged at once */
+		uint64_t base;
+		assert_int_equal(log_append(f->log, b, len, &base), 0);
+		model_add(&f->m, base, 4, 100, 1, 1);
+	}
+	free(b);
+	assert_int_equal(log_sync(f->log), 0);
+	assert_int_equal(check_all(f->log, &f->m, 0), 1600);
+	assert_int_equal(log_close(f->log), 0);
+	f->log = NULL;
+	DIR *d = opendir(f->dir);
+	struct dirent *de;
+	unsigned segments = 0;
+	while ((de = readdir(d)) != NULL) {
+		if (strstr(de->d_name, ".log") == NULL)
+			continue;
+		char path[600];
+		snprintf(path, sizeof(path), "%s/%s", f->dir, de->d_name);
+		segments++;
+		/* The active segment stays preallocated at segment.bytes. */
+		assert_true(tu_file_size(path) <= 4096);
+	}
+	closedir(d);
+	assert_true(segments >= 400 * len / 4096);
+	open_log(f);
+	assert_int_equal(log_sync(f->log), 0);
+	assert_int_equal(check_all(f->log, &f->m, 0), 1600);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -404,6 +444,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_staging_full, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_power_loss_leaves_no_hole, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_segments_bounded_during_roll, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
