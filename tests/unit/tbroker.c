@@ -384,6 +384,10 @@ int tc_fetch(struct tclient *c, const char *topic, uint32_t partition, uint64_t 
 	if (log_end)
 		*log_end = rp->log_end;
 	if (records) {
+		*records = NULL;
+		*len = 0;
+	}
+	if (records && rp->err == ERR_NONE) {
 		*records = malloc(rp->records.len + 1);
 		memcpy(*records, rp->records.p, rp->records.len);
 		*len = rp->records.len;
