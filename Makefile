@@ -23,12 +23,12 @@ TEST_LIBS := -lcmocka
 COMMON_SRC := common/say.c common/ioq.c
 STORAGE_SRC := storage/batch.c storage/segment.c storage/log.c storage/log_open.c \
 	storage/log_read.c
-PROTO_SRC := proto/proto.c
+PROTO_SRC := proto/proto.c proto/proto_group.c
 BROKER_SRC := $(wildcard broker/*.c)
 # The broker's pure parsers, linked into unit tests and fuzz targets too.
 PARSER_SRC := broker/config.c broker/http_parse.c
 
-CLIENT_SRC := $(wildcard client/*.c) proto/proto.c storage/batch.c
+CLIENT_SRC := $(wildcard client/*.c) proto/proto.c proto/proto_group.c storage/batch.c
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 pic = $(patsubst %.c,$(BUILD)/pic/%.o,$(1))
@@ -36,7 +36,7 @@ CORE_OBJ := $(call obj,$(COMMON_SRC) $(STORAGE_SRC) $(PROTO_SRC))
 PARSER_OBJ := $(call obj,$(PARSER_SRC))
 
 LIBS_OUT := $(BUILD)/lib/libringmq.a $(BUILD)/lib/libringmq.so $(BUILD)/lib/pkgconfig/ringmq.pc
-CLIENT_TOOLS := $(patsubst tools/%.c,$(BUILD)/bin/%,$(filter tools/mqadm.c tools/mqcat.c tools/mqload.c,$(wildcard tools/*.c)))
+CLIENT_TOOLS := $(patsubst tools/%.c,$(BUILD)/bin/%,$(filter tools/mqadm.c tools/mqcat.c tools/mqload.c tools/mqbench.c,$(wildcard tools/*.c)))
 TOOLS := $(BUILD)/bin/mqdump $(BUILD)/bin/ringmqd $(CLIENT_TOOLS)
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/*/*.c))
 FUZZ_TARGETS := $(basename $(notdir $(wildcard tests/fuzz/fuzz_*.c)))

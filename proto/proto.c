@@ -7,6 +7,7 @@
 
 #include "common/endian.h"
 #include "proto/proto.h"
+#include "proto/proto_impl.h"
 
 /* ---- names ---- */
 
@@ -33,6 +34,12 @@ static const char *const err_names[ERR_COUNT] = {
 	[ERR_BUSY] = "BUSY",
 	[ERR_INVALID_ACKS] = "INVALID_ACKS",
 	[ERR_OUT_OF_ORDER_SEQUENCE] = "OUT_OF_ORDER_SEQUENCE",
+	[ERR_INVALID_GROUP] = "INVALID_GROUP",
+	[ERR_UNKNOWN_MEMBER] = "UNKNOWN_MEMBER",
+	[ERR_FENCED_MEMBER] = "FENCED_MEMBER",
+	[ERR_NOT_OWNER] = "NOT_OWNER",
+	[ERR_GROUP_NOT_EMPTY] = "GROUP_NOT_EMPTY",
+	[ERR_UNKNOWN_GROUP] = "UNKNOWN_GROUP",
 };
 
 static const char *const api_names[API_COUNT] = {
@@ -47,6 +54,15 @@ static const char *const api_names[API_COUNT] = {
 	[API_FETCH] = "FETCH",
 	[API_LIST_OFFSETS] = "LIST_OFFSETS",
 	[API_BROKER_STATUS] = "BROKER_STATUS",
+	[API_JOIN_GROUP] = "JOIN_GROUP",
+	[API_HEARTBEAT] = "HEARTBEAT",
+	[API_LEAVE_GROUP] = "LEAVE_GROUP",
+	[API_COMMIT_OFFSETS] = "COMMIT_OFFSETS",
+	[API_FETCH_OFFSETS] = "FETCH_OFFSETS",
+	[API_LIST_GROUPS] = "LIST_GROUPS",
+	[API_DESCRIBE_GROUP] = "DESCRIBE_GROUP",
+	[API_DELETE_GROUP] = "DELETE_GROUP",
+	[API_RESET_OFFSETS] = "RESET_OFFSETS",
 };
 
 const char *proto_err_name(uint16_t err)
@@ -424,8 +440,8 @@ enum {
 
 /* Reads an array's count and allocates its elements. Zero elements give
  * NULL without touching the arena. *err is 0, -EBADMSG or -ENOMEM. */
-static void *dec_array(struct pr *r, struct arena *a, size_t min_size, size_t elem_size,
-		       uint32_t *n, int *err)
+void *proto_dec_array(struct pr *r, struct arena *a, size_t min_size, size_t elem_size,
+		      uint32_t *n, int *err)
 {
 	*n = pr_count(r, min_size);
 	*err = 0;
@@ -453,7 +469,7 @@ static int dec_status(struct pr *r)
 static int dec_kvs(struct pr *r, struct arena *a, uint32_t *n, struct proto_kv **out)
 {
 	int err;
-	struct proto_kv *kv = dec_array(r, a, MIN_KV, sizeof(*kv), n, &err);
+	struct proto_kv *kv = proto_dec_array(r, a, MIN_KV, sizeof(*kv), n, &err);
 	*out = kv;
 	if (err != 0)
 		return err;
@@ -493,7 +509,7 @@ static void enc_handshake_req(struct pw *w, const struct proto_handshake_req *m)
 static int dec_metadata_req(struct pr *r, struct arena *a, struct proto_metadata_req *m)
 {
 	int err;
-	m->topics = dec_array(r, a, MIN_STR, sizeof(*m->topics), &m->ntopics, &err);
+	m->topics = proto_dec_array(r, a, MIN_STR, sizeof(*m->topics), &m->ntopics, &err);
 	if (err != 0)
 		return err;
 	for (uint32_t i = 0; i < m->ntopics; i++)
@@ -541,13 +557,13 @@ static int dec_produce_req(struct pr *r, struct arena *a, struct proto_produce_r
 	int err;
 	m->acks = (int8_t)pr_u8(r);
 	m->timeout_ms = pr_u32(r);
-	m->topics = dec_array(r, a, MIN_TOPIC_HDR, sizeof(*m->topics), &m->ntopics, &err);
+	m->topics = proto_dec_array(r, a, MIN_TOPIC_HDR, sizeof(*m->topics), &m->ntopics, &err);
 	if (err != 0)
 		return err;
 	for (uint32_t i = 0; i < m->ntopics; i++) {
 		struct proto_produce_topic *t = &m->topics[i];
 		t->name = pr_str(r);
-		t->parts = dec_array(r, a, MIN_PRODUCE_PART, sizeof(*t->parts), &t->nparts, &err);
+		t->parts = proto_dec_array(r, a, MIN_PRODUCE_PART, sizeof(*t->parts), &t->nparts, &err);
 		if (err != 0)
 			return err;
 		for (uint32_t j = 0; j < t->nparts; j++) {
@@ -580,13 +596,13 @@ static int dec_fetch_req(struct pr *r, struct arena *a, struct proto_fetch_req *
 	m->max_wait_ms = pr_u32(r);
 	m->min_bytes = pr_u32(r);
 	m->max_bytes = pr_u32(r);
-	m->topics = dec_array(r, a, MIN_TOPIC_HDR, sizeof(*m->topics), &m->ntopics, &err);
+	m->topics = proto_dec_array(r, a, MIN_TOPIC_HDR, sizeof(*m->topics), &m->ntopics, &err);
 	if (err != 0)
 		return err;
 	for (uint32_t i = 0; i < m->ntopics; i++) {
 		struct proto_fetch_topic *t = &m->topics[i];
 		t->name = pr_str(r);
-		t->parts = dec_array(r, a, MIN_FETCH_PART, sizeof(*t->parts), &t->nparts, &err);
+		t->parts = proto_dec_array(r, a, MIN_FETCH_PART, sizeof(*t->parts), &t->nparts, &err);
 		if (err != 0)
 			return err;
 		for (uint32_t j = 0; j < t->nparts; j++) {
@@ -595,6 +611,9 @@ static int dec_fetch_req(struct pr *r, struct arena *a, struct proto_fetch_req *
 			t->parts[j].max_bytes = pr_u32(r);
 		}
 	}
+	m->group = pr_str(r);
+	m->member_id = pr_str(r);
+	m->member_epoch = pr_u32(r);
 	return dec_status(r);
 }
 
@@ -614,18 +633,21 @@ static void enc_fetch_req(struct pw *w, const struct proto_fetch_req *m)
 			pw_u32(w, t->parts[j].max_bytes);
 		}
 	}
+	pw_str(w, m->group);
+	pw_str(w, m->member_id);
+	pw_u32(w, m->member_epoch);
 }
 
 static int dec_list_offsets_req(struct pr *r, struct arena *a, struct proto_list_offsets_req *m)
 {
 	int err;
-	m->topics = dec_array(r, a, MIN_TOPIC_HDR, sizeof(*m->topics), &m->ntopics, &err);
+	m->topics = proto_dec_array(r, a, MIN_TOPIC_HDR, sizeof(*m->topics), &m->ntopics, &err);
 	if (err != 0)
 		return err;
 	for (uint32_t i = 0; i < m->ntopics; i++) {
 		struct proto_lo_topic *t = &m->topics[i];
 		t->name = pr_str(r);
-		t->parts = dec_array(r, a, MIN_LO_PART, sizeof(*t->parts), &t->nparts, &err);
+		t->parts = proto_dec_array(r, a, MIN_LO_PART, sizeof(*t->parts), &t->nparts, &err);
 		if (err != 0)
 			return err;
 		for (uint32_t j = 0; j < t->nparts; j++) {
@@ -690,6 +712,17 @@ int proto_decode_request(uint16_t api, uint16_t version, struct pr *body, struct
 	case API_LIST_TOPICS:
 	case API_BROKER_STATUS:
 		break; /* empty body */
+	case API_JOIN_GROUP:
+	case API_HEARTBEAT:
+	case API_LEAVE_GROUP:
+	case API_COMMIT_OFFSETS:
+	case API_FETCH_OFFSETS:
+	case API_LIST_GROUPS:
+	case API_DESCRIBE_GROUP:
+	case API_DELETE_GROUP:
+	case API_RESET_OFFSETS:
+		ret = proto_group_decode_request(api, body, a, out);
+		break;
 	case API_COUNT:
 		return -ENOTSUP;
 	}
@@ -733,6 +766,17 @@ void proto_encode_request(struct pw *w, uint16_t api, const union proto_request 
 	case API_LIST_TOPICS:
 	case API_BROKER_STATUS:
 		return;
+	case API_JOIN_GROUP:
+	case API_HEARTBEAT:
+	case API_LEAVE_GROUP:
+	case API_COMMIT_OFFSETS:
+	case API_FETCH_OFFSETS:
+	case API_LIST_GROUPS:
+	case API_DESCRIBE_GROUP:
+	case API_DELETE_GROUP:
+	case API_RESET_OFFSETS:
+		proto_group_encode_request(w, api, req);
+		return;
 	case API_COUNT:
 		break;
 	}
@@ -747,7 +791,7 @@ static int dec_handshake_resp(struct pr *r, struct arena *a, struct proto_handsh
 	int err;
 	m->version = pr_u16(r);
 	m->broker = pr_str(r);
-	m->apis = dec_array(r, a, MIN_API_RANGE, sizeof(*m->apis), &m->napis, &err);
+	m->apis = proto_dec_array(r, a, MIN_API_RANGE, sizeof(*m->apis), &m->napis, &err);
 	if (err != 0)
 		return err;
 	for (uint32_t i = 0; i < m->napis; i++) {
@@ -773,7 +817,7 @@ static void enc_handshake_resp(struct pw *w, const struct proto_handshake_resp *
 static int dec_metadata_resp(struct pr *r, struct arena *a, struct proto_metadata_resp *m)
 {
 	int err;
-	m->topics = dec_array(r, a, MIN_MD_TOPIC, sizeof(*m->topics), &m->ntopics, &err);
+	m->topics = proto_dec_array(r, a, MIN_MD_TOPIC, sizeof(*m->topics), &m->ntopics, &err);
 	if (err != 0)
 		return err;
 	for (uint32_t i = 0; i < m->ntopics; i++) {
@@ -781,7 +825,7 @@ static int dec_metadata_resp(struct pr *r, struct arena *a, struct proto_metadat
 		t->name = pr_str(r);
 		t->err = pr_u16(r);
 		t->msg = pr_str(r);
-		t->parts = dec_array(r, a, MIN_MD_PART, sizeof(*t->parts), &t->nparts, &err);
+		t->parts = proto_dec_array(r, a, MIN_MD_PART, sizeof(*t->parts), &t->nparts, &err);
 		if (err != 0)
 			return err;
 		for (uint32_t j = 0; j < t->nparts; j++) {
@@ -813,7 +857,7 @@ static void enc_metadata_resp(struct pw *w, const struct proto_metadata_resp *m)
 static int dec_list_topics_resp(struct pr *r, struct arena *a, struct proto_list_topics_resp *m)
 {
 	int err;
-	m->topics = dec_array(r, a, MIN_BRIEF, sizeof(*m->topics), &m->ntopics, &err);
+	m->topics = proto_dec_array(r, a, MIN_BRIEF, sizeof(*m->topics), &m->ntopics, &err);
 	if (err != 0)
 		return err;
 	for (uint32_t i = 0; i < m->ntopics; i++) {
@@ -841,7 +885,7 @@ static int dec_describe_topic_resp(struct pr *r, struct arena *a,
 	err = dec_kvs(r, a, &m->nconfigs, &m->configs);
 	if (err != 0)
 		return err;
-	m->parts = dec_array(r, a, MIN_PART_DESC, sizeof(*m->parts), &m->nparts, &err);
+	m->parts = proto_dec_array(r, a, MIN_PART_DESC, sizeof(*m->parts), &m->nparts, &err);
 	if (err != 0)
 		return err;
 	for (uint32_t i = 0; i < m->nparts; i++) {
@@ -874,13 +918,13 @@ static void enc_describe_topic_resp(struct pw *w, const struct proto_describe_to
 static int dec_produce_resp(struct pr *r, struct arena *a, struct proto_produce_resp *m)
 {
 	int err;
-	m->topics = dec_array(r, a, MIN_TOPIC_HDR, sizeof(*m->topics), &m->ntopics, &err);
+	m->topics = proto_dec_array(r, a, MIN_TOPIC_HDR, sizeof(*m->topics), &m->ntopics, &err);
 	if (err != 0)
 		return err;
 	for (uint32_t i = 0; i < m->ntopics; i++) {
 		struct proto_produce_resp_topic *t = &m->topics[i];
 		t->name = pr_str(r);
-		t->parts = dec_array(r, a, MIN_PRODUCE_RESP_PART, sizeof(*t->parts), &t->nparts,
+		t->parts = proto_dec_array(r, a, MIN_PRODUCE_RESP_PART, sizeof(*t->parts), &t->nparts,
 				     &err);
 		if (err != 0)
 			return err;
@@ -917,13 +961,13 @@ static void enc_produce_resp(struct pw *w, const struct proto_produce_resp *m)
 static int dec_fetch_resp(struct pr *r, struct arena *a, struct proto_fetch_resp *m)
 {
 	int err;
-	m->topics = dec_array(r, a, MIN_TOPIC_HDR, sizeof(*m->topics), &m->ntopics, &err);
+	m->topics = proto_dec_array(r, a, MIN_TOPIC_HDR, sizeof(*m->topics), &m->ntopics, &err);
 	if (err != 0)
 		return err;
 	for (uint32_t i = 0; i < m->ntopics; i++) {
 		struct proto_fetch_resp_topic *t = &m->topics[i];
 		t->name = pr_str(r);
-		t->parts = dec_array(r, a, MIN_FETCH_RESP_PART, sizeof(*t->parts), &t->nparts,
+		t->parts = proto_dec_array(r, a, MIN_FETCH_RESP_PART, sizeof(*t->parts), &t->nparts,
 				     &err);
 		if (err != 0)
 			return err;
@@ -971,13 +1015,13 @@ static int dec_list_offsets_resp(struct pr *r, struct arena *a,
 				 struct proto_list_offsets_resp *m)
 {
 	int err;
-	m->topics = dec_array(r, a, MIN_TOPIC_HDR, sizeof(*m->topics), &m->ntopics, &err);
+	m->topics = proto_dec_array(r, a, MIN_TOPIC_HDR, sizeof(*m->topics), &m->ntopics, &err);
 	if (err != 0)
 		return err;
 	for (uint32_t i = 0; i < m->ntopics; i++) {
 		struct proto_lo_resp_topic *t = &m->topics[i];
 		t->name = pr_str(r);
-		t->parts = dec_array(r, a, MIN_LO_RESP_PART, sizeof(*t->parts), &t->nparts, &err);
+		t->parts = proto_dec_array(r, a, MIN_LO_RESP_PART, sizeof(*t->parts), &t->nparts, &err);
 		if (err != 0)
 			return err;
 		for (uint32_t j = 0; j < t->nparts; j++) {
@@ -1079,6 +1123,17 @@ int proto_decode_response(uint16_t api, uint16_t version, struct pr *body, struc
 	case API_DELETE_TOPIC:
 	case API_ALTER_TOPIC:
 		break; /* header only: any byte is one too many */
+	case API_JOIN_GROUP:
+	case API_HEARTBEAT:
+	case API_LEAVE_GROUP:
+	case API_COMMIT_OFFSETS:
+	case API_FETCH_OFFSETS:
+	case API_LIST_GROUPS:
+	case API_DESCRIBE_GROUP:
+	case API_DELETE_GROUP:
+	case API_RESET_OFFSETS:
+		ret = proto_group_decode_response(api, body, a, out);
+		break;
 	case API_COUNT:
 		return -ENOTSUP;
 	}
@@ -1119,6 +1174,17 @@ void proto_encode_response(struct pw *w, uint16_t api, union proto_response *res
 	case API_CREATE_TOPIC:
 	case API_DELETE_TOPIC:
 	case API_ALTER_TOPIC:
+		return;
+	case API_JOIN_GROUP:
+	case API_HEARTBEAT:
+	case API_LEAVE_GROUP:
+	case API_COMMIT_OFFSETS:
+	case API_FETCH_OFFSETS:
+	case API_LIST_GROUPS:
+	case API_DESCRIBE_GROUP:
+	case API_DELETE_GROUP:
+	case API_RESET_OFFSETS:
+		proto_group_encode_response(w, api, resp);
 		return;
 	case API_COUNT:
 		break;

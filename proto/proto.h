@@ -51,6 +51,15 @@ enum proto_api {
 	API_FETCH = 8,
 	API_LIST_OFFSETS = 9,
 	API_BROKER_STATUS = 10,
+	API_JOIN_GROUP = 11,
+	API_HEARTBEAT = 12,
+	API_LEAVE_GROUP = 13,
+	API_COMMIT_OFFSETS = 14,
+	API_FETCH_OFFSETS = 15,
+	API_LIST_GROUPS = 16,
+	API_DESCRIBE_GROUP = 17,
+	API_DELETE_GROUP = 18,
+	API_RESET_OFFSETS = 19,
 	API_COUNT
 };
 
@@ -77,6 +86,12 @@ enum proto_err {
 	ERR_BUSY = 19,                /* the broker is overloaded: retry later */
 	ERR_INVALID_ACKS = 20,
 	ERR_OUT_OF_ORDER_SEQUENCE = 21, /* an idempotent producer skipped or reused a sequence */
+	ERR_INVALID_GROUP = 22,       /* a bad group name */
+	ERR_UNKNOWN_MEMBER = 23,      /* the member left or its session expired: join again */
+	ERR_FENCED_MEMBER = 24,       /* a stale member epoch: a zombie's request */
+	ERR_NOT_OWNER = 25,           /* the member does not own that partition */
+	ERR_GROUP_NOT_EMPTY = 26,     /* the operation needs a group without live members */
+	ERR_UNKNOWN_GROUP = 27,
 	ERR_COUNT
 };
 
@@ -337,6 +352,11 @@ struct proto_fetch_req {
 	uint32_t max_bytes;
 	uint32_t ntopics;
 	struct proto_fetch_topic *topics;
+	/* A consumer-group member fetching its partitions says who it is, so a
+	 * zombie (stale epoch, expired session) is refused; empty group: none. */
+	struct pstr group;
+	struct pstr member_id;
+	uint32_t member_epoch;
 };
 
 struct proto_fetch_resp_part {
@@ -412,6 +432,154 @@ struct proto_broker_status_resp {
 	uint64_t bytes_out;
 };
 
+/* ---- consumer groups ---- */
+
+struct proto_tp {
+	struct pstr topic;
+	uint32_t partition;
+};
+
+struct proto_join_group_req {
+	struct pstr group;
+	struct pstr member_id;   /* empty on the first join */
+	struct pstr client_id;
+	uint32_t session_timeout_ms;
+	uint32_t ntopics;
+	struct pstr *topics;     /* subscription */
+};
+
+struct proto_join_group_resp {
+	struct pstr member_id;
+	uint32_t member_epoch;
+	uint32_t heartbeat_ms;   /* how often to heartbeat */
+};
+
+struct proto_heartbeat_req {
+	struct pstr group;
+	struct pstr member_id;
+	uint32_t member_epoch;
+	uint32_t nowned;
+	struct proto_tp *owned;  /* partitions the member holds right now */
+};
+
+struct proto_heartbeat_resp {
+	uint32_t member_epoch;
+	uint32_t heartbeat_ms;
+	uint32_t nassigned;
+	struct proto_tp *assigned; /* what it may hold now; owned - assigned: release */
+};
+
+struct proto_leave_group_req {
+	struct pstr group;
+	struct pstr member_id;
+};
+
+struct proto_commit_part {
+	struct pstr topic;
+	uint32_t partition;
+	uint64_t offset;         /* the next offset to consume */
+};
+
+struct proto_commit_offsets_req {
+	struct pstr group;
+	struct pstr member_id;   /* empty: a commit outside group membership */
+	uint32_t member_epoch;
+	uint32_t nparts;
+	struct proto_commit_part *parts;
+};
+
+struct proto_tp_result {
+	struct pstr topic;
+	uint32_t partition;
+	uint16_t err;
+	struct pstr msg;
+};
+
+struct proto_commit_offsets_resp {
+	uint32_t nparts;
+	struct proto_tp_result *parts;
+};
+
+struct proto_fetch_offsets_req {
+	struct pstr group;
+	uint32_t nparts;
+	struct proto_tp *parts;
+};
+
+struct proto_committed {
+	struct pstr topic;
+	uint32_t partition;
+	int64_t offset;          /* -1: nothing committed */
+};
+
+struct proto_fetch_offsets_resp {
+	uint32_t nparts;
+	struct proto_committed *parts;
+};
+
+struct proto_group_brief {
+	struct pstr group;
+	struct pstr state;       /* "stable", "rebalancing", "empty" */
+	uint32_t members;
+};
+
+struct proto_list_groups_resp {
+	uint32_t ngroups;
+	struct proto_group_brief *groups;
+};
+
+struct proto_describe_group_req {
+	struct pstr group;
+};
+
+struct proto_group_member {
+	struct pstr member_id;
+	struct pstr client_id;
+	uint32_t member_epoch;
+	uint64_t last_seen_ms_ago;
+	uint32_t nowned;
+	struct proto_tp *owned;
+};
+
+struct proto_group_part {
+	struct pstr topic;
+	uint32_t partition;
+	int64_t committed;       /* -1: nothing committed */
+	uint64_t log_end;
+	struct pstr owner;       /* member id, empty if none */
+};
+
+struct proto_describe_group_resp {
+	struct pstr group;
+	struct pstr state;
+	uint64_t rebalances;
+	uint32_t nmembers;
+	struct proto_group_member *members;
+	uint32_t nparts;
+	struct proto_group_part *parts;
+};
+
+struct proto_delete_group_req {
+	struct pstr group;
+};
+
+#define PROTO_RESET_EARLIEST 0
+#define PROTO_RESET_LATEST 1
+#define PROTO_RESET_OFFSET 2
+#define PROTO_RESET_TIME 3
+
+struct proto_reset_offsets_req {
+	struct pstr group;
+	struct pstr topic;
+	uint8_t mode;            /* PROTO_RESET_* */
+	int64_t value;           /* the offset, or a timestamp in ms */
+};
+
+struct proto_reset_offsets_resp {
+	uint32_t nparts;
+	struct proto_committed *parts; /* the new committed offsets */
+};
+
 /* Every request body, by API. APIs with an empty body use no member. */
 union proto_request {
 	struct proto_handshake_req handshake;
@@ -423,10 +591,18 @@ union proto_request {
 	struct proto_produce_req produce;
 	struct proto_fetch_req fetch;
 	struct proto_list_offsets_req list_offsets;
+	struct proto_join_group_req join_group;
+	struct proto_heartbeat_req heartbeat;
+	struct proto_leave_group_req leave_group;
+	struct proto_commit_offsets_req commit_offsets;
+	struct proto_fetch_offsets_req fetch_offsets;
+	struct proto_describe_group_req describe_group;
+	struct proto_delete_group_req delete_group;
+	struct proto_reset_offsets_req reset_offsets;
 };
 
-/* Every response body, by API. CREATE, DELETE and ALTER have only the
- * response header. */
+/* Every response body, by API. CREATE, DELETE, ALTER, LEAVE_GROUP and
+ * DELETE_GROUP have only the response header. */
 union proto_response {
 	struct proto_handshake_resp handshake;
 	struct proto_metadata_resp metadata;
@@ -436,6 +612,13 @@ union proto_response {
 	struct proto_fetch_resp fetch;
 	struct proto_list_offsets_resp list_offsets;
 	struct proto_broker_status_resp broker_status;
+	struct proto_join_group_resp join_group;
+	struct proto_heartbeat_resp heartbeat;
+	struct proto_commit_offsets_resp commit_offsets;
+	struct proto_fetch_offsets_resp fetch_offsets;
+	struct proto_list_groups_resp list_groups;
+	struct proto_describe_group_resp describe_group;
+	struct proto_reset_offsets_resp reset_offsets;
 };
 
 /* The API versions this code speaks (all 0 today). */

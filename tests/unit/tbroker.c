@@ -372,7 +372,8 @@ int tc_fetch(struct tclient *c, const char *topic, uint32_t partition, uint64_t 
 {
 	struct proto_fetch_part part = { partition, offset, max_bytes };
 	struct proto_fetch_topic t = { pstr_c(topic), 1, &part };
-	union proto_request req = { .fetch = { max_wait_ms, min_bytes, max_bytes, 1, &t } };
+	union proto_request req = { .fetch = { .max_wait_ms = max_wait_ms, .min_bytes = min_bytes,
+					       .max_bytes = max_bytes, .ntopics = 1, .topics = &t } };
 	struct proto_resp_hdr h;
 	union proto_response resp;
 	int ret = tc_call(c, API_FETCH, &req, (int)max_wait_ms + 10000, &h, &resp);

@@ -168,7 +168,8 @@ static void test_long_poll_wakes(void **state)
 	/* A fetch at the end waits; an append wakes it at once. */
 	struct proto_fetch_part part = { 0, 0, 1 << 20 };
 	struct proto_fetch_topic t = { pstr_c("lp"), 1, &part };
-	union proto_request req = { .fetch = { 10000, 1, 1 << 20, 1, &t } };
+	union proto_request req = { .fetch = { .max_wait_ms = 10000, .min_bytes = 1,
+					       .max_bytes = 1 << 20, .ntopics = 1, .topics = &t } };
 	uint32_t corr;
 	assert_int_equal(tc_send(&f->c, API_FETCH, &req, &corr), 0);
 	struct proto_resp_hdr h;

@@ -123,6 +123,9 @@ static void eq_fetch_req(const struct proto_fetch_req *a, const struct proto_fet
 			assert_int_equal(x->parts[j].max_bytes, y->parts[j].max_bytes);
 		}
 	}
+	eq_str(a->group, b->group);
+	eq_str(a->member_id, b->member_id);
+	assert_int_equal(a->member_epoch, b->member_epoch);
 }
 
 static void eq_lo_req(const struct proto_list_offsets_req *a,
@@ -625,9 +628,10 @@ static void test_req_fetch(void **state)
 		{ MAXS(), ARRAY_SIZE(p2), p2 },
 		{ S(""), 0, NULL },
 	};
-	union proto_request r = { .fetch = { 500, 1, 16 << 20, ARRAY_SIZE(topics), topics } };
+	union proto_request r = { .fetch = { 500, 1, 16 << 20, ARRAY_SIZE(topics), topics,
+					     S("inventory"), S("member-1"), 7 } };
 	assert_true(check_request(API_FETCH, &r) > 0);
-	r.fetch = (struct proto_fetch_req){ 0, 0, 0, 0, NULL };
+	r.fetch = (struct proto_fetch_req){ 0, 0, 0, 0, NULL, S(""), S(""), 0 };
 	check_request(API_FETCH, &r);
 }
 
@@ -820,6 +824,74 @@ static void test_resp_broker_status(void **state)
 }
 
 /* All-zero messages (no elements, empty strings) are valid for every API. */
+/* Consumer-group messages: a round trip with content, every truncation,
+ * trailing bytes and arena sizes (check_message); the re-encoded bytes must
+ * equal the original, so no field is dropped. */
+static void test_group_requests(void **state)
+{
+	(void)state;
+	struct pstr topics[] = { S("orders"), S(""), MAXS() };
+	union proto_request r = { .join_group = { S("inventory"), S(""), S("svc-1"), 10000,
+						  ARRAY_SIZE(topics), topics } };
+	assert_true(check_request(API_JOIN_GROUP, &r) > 0);
+	struct proto_tp owned[] = { { S("orders"), 0 }, { S("orders"), 5 }, { MAXS(), 9 } };
+	r.heartbeat = (struct proto_heartbeat_req){ S("inventory"), S("m-1"), 42,
+						    ARRAY_SIZE(owned), owned };
+	assert_true(check_request(API_HEARTBEAT, &r) > 0);
+	r.leave_group = (struct proto_leave_group_req){ S("inventory"), S("m-1") };
+	check_request(API_LEAVE_GROUP, &r);
+	struct proto_commit_part cp[] = { { S("orders"), 1, 1042 }, { S("x"), 0, UINT64_MAX } };
+	r.commit_offsets = (struct proto_commit_offsets_req){ S("inventory"), S("m-1"), 3,
+							      ARRAY_SIZE(cp), cp };
+	assert_true(check_request(API_COMMIT_OFFSETS, &r) > 0);
+	r.fetch_offsets = (struct proto_fetch_offsets_req){ S("inventory"), ARRAY_SIZE(owned),
+							    owned };
+	assert_true(check_request(API_FETCH_OFFSETS, &r) > 0);
+	r.describe_group = (struct proto_describe_group_req){ S("inventory") };
+	check_request(API_DESCRIBE_GROUP, &r);
+	r.delete_group = (struct proto_delete_group_req){ S("inventory") };
+	check_request(API_DELETE_GROUP, &r);
+	r.reset_offsets = (struct proto_reset_offsets_req){ S("inventory"), S("orders"),
+							    PROTO_RESET_TIME, -5 };
+	check_request(API_RESET_OFFSETS, &r);
+	memset(&r, 0, sizeof(r));
+	check_request(API_LIST_GROUPS, &r);
+}
+
+static void test_group_responses(void **state)
+{
+	(void)state;
+	union proto_response r = { .join_group = { S("m-1"), 7, 1000 } };
+	check_response(API_JOIN_GROUP, &r);
+	struct proto_tp tps[] = { { S("orders"), 2 }, { S(""), 0 } };
+	r.heartbeat = (struct proto_heartbeat_resp){ 8, 100, ARRAY_SIZE(tps), tps };
+	assert_true(check_response(API_HEARTBEAT, &r) > 0);
+	struct proto_tp_result res[] = { { S("orders"), 1, ERR_NONE, S("") },
+					 { S("orders"), 2, ERR_NOT_OWNER, S("not yours") } };
+	r.commit_offsets = (struct proto_commit_offsets_resp){ ARRAY_SIZE(res), res };
+	assert_true(check_response(API_COMMIT_OFFSETS, &r) > 0);
+	struct proto_committed cm[] = { { S("orders"), 0, -1 }, { S("orders"), 1, 99 } };
+	r.fetch_offsets = (struct proto_fetch_offsets_resp){ ARRAY_SIZE(cm), cm };
+	assert_true(check_response(API_FETCH_OFFSETS, &r) > 0);
+	r.reset_offsets = (struct proto_reset_offsets_resp){ ARRAY_SIZE(cm), cm };
+	assert_true(check_response(API_RESET_OFFSETS, &r) > 0);
+	struct proto_group_brief gb[] = { { S("inventory"), S("stable"), 3 },
+					  { S("notification"), S("empty"), 0 } };
+	r.list_groups = (struct proto_list_groups_resp){ ARRAY_SIZE(gb), gb };
+	assert_true(check_response(API_LIST_GROUPS, &r) > 0);
+	struct proto_group_member gm[] = { { S("m-1"), S("svc"), 4, 120, ARRAY_SIZE(tps), tps },
+					   { S("m-2"), S(""), 0, 0, 0, NULL } };
+	struct proto_group_part gp[] = { { S("orders"), 0, 17, 20, S("m-1") },
+					 { S("orders"), 1, -1, 0, S("") } };
+	r.describe_group = (struct proto_describe_group_resp){ S("inventory"), S("rebalancing"),
+							       5, ARRAY_SIZE(gm), gm,
+							       ARRAY_SIZE(gp), gp };
+	assert_true(check_response(API_DESCRIBE_GROUP, &r) > 0);
+	memset(&r, 0, sizeof(r));
+	assert_int_equal(check_response(API_LEAVE_GROUP, &r), 0);
+	assert_int_equal(check_response(API_DELETE_GROUP, &r), 0);
+}
+
 static void test_zero_messages(void **state)
 {
 	(void)state;
@@ -1537,6 +1609,8 @@ int main(void)
 		cmocka_unit_test(test_resp_fetch),
 		cmocka_unit_test(test_resp_list_offsets),
 		cmocka_unit_test(test_resp_broker_status),
+		cmocka_unit_test(test_group_requests),
+		cmocka_unit_test(test_group_responses),
 		cmocka_unit_test(test_zero_messages),
 		cmocka_unit_test(test_huge_count),
 		cmocka_unit_test(test_arena_too_small),
