@@ -135,6 +135,8 @@ struct timer_heap {
 };
 
 struct worker;
+struct groups;
+struct offsets;
 
 struct loop {
 	struct ioq q;
@@ -173,6 +175,9 @@ struct loop {
 	uint8_t *arena_buf;
 	/* pending topic deletions waiting for their logs to go idle */
 	struct delete_req *deletes;
+	/* consumer groups and their committed offsets */
+	struct groups *groups;
+	struct offsets *offsets;
 	/* metrics */
 	struct api_stats api[API_COUNT];
 	uint64_t conns_accepted, conns_refused, conns_closed_bad;
@@ -240,6 +245,40 @@ void topics_tick(struct loop *l, int64_t now);
 /* The live partition, or NULL with *err set (UNKNOWN_TOPIC/PARTITION). */
 struct partition *partition_lookup(struct loop *l, struct pstr topic, uint32_t id,
 				   uint16_t *err);
+
+/* ---- offsets.c: the committed-offsets store ----
+ * A flush-always log in <data-dir>/.offsets/ of commit and group-delete
+ * records, replayed at start-up and compacted by writing a snapshot of the
+ * current offsets and deleting the segments before it. */
+struct offset_rec {
+	const char *group;
+	const char *topic; /* NULL: the group is deleted */
+	uint32_t partition;
+	uint64_t offset;
+};
+/* Opens the store and replays it through groups_apply(). Start-up only. */
+int offsets_open(struct loop *l);
+void offsets_close(struct loop *l);
+/* Appends records; done(arg, 0) once durable, done(arg, -errno) if not. */
+int offsets_append(struct loop *l, const struct offset_rec *recs, size_t n,
+		   void (*done)(void *arg, int err), void *arg);
+void offsets_tick(struct loop *l, int64_t now);
+
+/* ---- groups.c: the consumer-group coordinator ---- */
+int groups_init(struct loop *l);
+void groups_fini(struct loop *l);
+/* Replays one stored record into the in-memory state (start-up). */
+void groups_apply(struct loop *l, const struct offset_rec *rec);
+/* Calls fn for every committed offset (for the store's snapshots). */
+void groups_each_offset(struct loop *l, void (*fn)(void *arg, const struct offset_rec *rec),
+			void *arg);
+void groups_tick(struct loop *l, int64_t now);
+void handle_group_request(struct conn *c, uint16_t api, uint32_t corr,
+			  const union proto_request *req);
+/* ERR_NONE if the member may fetch that partition, else why not. */
+uint16_t group_fetch_check(struct loop *l, struct pstr group, struct pstr member, uint32_t epoch,
+			   struct pstr topic, uint32_t partition);
+void groups_metrics(struct loop *l, struct pw *w);
 
 /* ---- http.c ---- */
 void http_accept(struct loop *l, int fd);

@@ -83,8 +83,8 @@ bool topic_name_valid(const char *name, size_t len)
 {
 	if (len == 0 || len > TOPIC_NAME_MAX)
 		return false;
-	if ((len == 1 && name[0] == '.') || (len == 2 && name[0] == '.' && name[1] == '.'))
-		return false;
+	if (name[0] == '.')
+		return false; /* hidden names belong to the broker (.offsets, .trash-) */
 	for (size_t i = 0; i < len; i++) {
 		char c = name[i];
 		if (!(isalnum((unsigned char)c) || c == '.' || c == '_' || c == '-'))

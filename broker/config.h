@@ -89,7 +89,7 @@ int parse_host_port(const char *s, char *host, size_t host_cap, uint16_t *port);
  * sizes when `bytes` is true. Returns 0 or -EINVAL. */
 int parse_u64(const char *s, bool bytes, uint64_t *out);
 
-/* Topic names: [A-Za-z0-9._-]{1,200}, and not "." or "..". */
+/* Topic and group names: [A-Za-z0-9._-]{1,200}, not starting with a dot. */
 bool topic_name_valid(const char *name, size_t len);
 
 #endif

@@ -49,6 +49,9 @@ struct fetch_req {
 	struct pw w;
 	uint32_t reads_pending;
 	int read_err;
+	/* a consumer-group member's identity, checked on every answer */
+	struct pstr group, member;
+	uint32_t member_epoch;
 };
 
 int64_t fetch_deadline(const struct fetch_req *fr)
@@ -98,6 +101,19 @@ static bool check_parts(struct fetch_req *fr)
 				 fp->topic_name.len, fp->topic_name.p);
 			any = true;
 			continue;
+		}
+		if (fr->group.len > 0) {
+			uint16_t gerr = group_fetch_check(fr->c->loop, fr->group, fr->member,
+							  fr->member_epoch, fp->topic_name,
+							  rp->partition);
+			if (gerr != ERR_NONE) {
+				part_err(fr, fp, gerr, "%s",
+					 gerr == ERR_UNKNOWN_MEMBER ? "not a member of the group"
+					 : gerr == ERR_NOT_OWNER ? "the member does not own it"
+								 : "stale member epoch");
+				any = true;
+				continue;
+			}
 		}
 		rp->log_start = log_start(p->log);
 		rp->log_end = log_visible_end(p->log);
@@ -381,7 +397,7 @@ void handle_fetch(struct conn *c, uint32_t corr, const struct proto_fetch_req *r
 	size_t size = sizeof(struct fetch_req) +
 		      req->ntopics * sizeof(struct proto_fetch_resp_topic) +
 		      nparts * (sizeof(struct proto_fetch_resp_part) + sizeof(struct fetch_part)) +
-		      names + 16;
+		      names + req->group.len + req->member_id.len + 16;
 	struct fetch_req *fr = calloc(1, size);
 	if (fr == NULL) {
 		respond_error(c, API_FETCH, corr, ERR_BUSY, "out of memory");
@@ -421,6 +437,12 @@ void handle_fetch(struct conn *c, uint32_t corr, const struct proto_fetch_req *r
 			fr->rparts[i].partition = qt->parts[k].partition;
 		}
 	}
+	memcpy(namebuf, req->group.p, req->group.len);
+	fr->group = (struct pstr){ namebuf, req->group.len };
+	namebuf += req->group.len;
+	memcpy(namebuf, req->member_id.p, req->member_id.len);
+	fr->member = (struct pstr){ namebuf, req->member_id.len };
+	fr->member_epoch = req->member_epoch;
 	c->inflight++;
 	conn_ref(c);
 	bool errors = check_parts(fr);

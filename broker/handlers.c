@@ -395,6 +395,9 @@ int handle_frame(struct conn *c, const uint8_t *frame, uint32_t len)
 	case API_BROKER_STATUS:
 		handle_broker_status(c, corr);
 		break;
+	default:
+		handle_group_request(c, h.api, corr, &req);
+		break;
 	}
 	return 0;
 }

@@ -158,6 +158,7 @@ static void render_metrics(struct loop *l, struct pw *w)
 	printf_pw(w, "ringmq_io_uring_cqes_total %" PRIu64 "\n", l->q.cqes_total);
 	metric_head(w, "ringmq_io_uring_submits_total", "counter", "io_uring_enter calls that submitted.");
 	printf_pw(w, "ringmq_io_uring_submits_total %" PRIu64 "\n", l->q.submits_total);
+	groups_metrics(l, w);
 	metric_head(w, "ringmq_topics", "gauge", "Topics.");
 	printf_pw(w, "ringmq_topics %u\n", r->count);
 	metric_head(w, "ringmq_uptime_seconds", "gauge", "Seconds since start.");

@@ -313,7 +313,8 @@ int loop_init(struct loop *l, const struct broker_config *cfg)
 			 cfg->test_fsync_delay_ms);
 	}
 	l->arena_buf = malloc(ARENA_BYTES);
-	if (l->env == NULL || l->arena_buf == NULL || registry_init(&l->reg) != 0)
+	if (l->env == NULL || l->arena_buf == NULL || registry_init(&l->reg) != 0 ||
+	    groups_init(l) != 0)
 		return -ENOMEM;
 	arena_init(&l->arena, l->arena_buf, ARENA_BYTES);
 	ret = bufs_init(l);
@@ -362,6 +363,7 @@ static int loop_start(struct loop *l)
 static void tick(struct loop *l, int64_t now)
 {
 	topics_tick(l, now);
+	groups_tick(l, now);
 	conn_check_idle(l, now);
 	/* Re-arm listeners that stopped (e.g. out of file descriptors). */
 	arm_accept(l, false);
@@ -448,6 +450,8 @@ void loop_fini(struct loop *l)
 		ioq_wait(&l->q, 10);
 	worker_stop(l->worker);
 	topics_close_all(l);
+	offsets_close(l);
+	groups_fini(l);
 	registry_fini(&l->reg);
 	if (l->sig_fd >= 0)
 		close(l->sig_fd);

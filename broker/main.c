@@ -105,6 +105,8 @@ int main(int argc, char **argv)
 	int ret = loop_init(l, &cfg);
 	if (ret == 0)
 		ret = topics_load(l);
+	if (ret == 0)
+		ret = offsets_open(l);
 	if (ret == 0) {
 		say_info("ringmqd %s starting: data dir %s", BROKER_VERSION, cfg.data_dir);
 		ret = loop_run(l);

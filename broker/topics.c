@@ -774,7 +774,8 @@ int topics_load(struct loop *l)
 	uint32_t topics = 0;
 	while (ret == 0 && (de = readdir(d)) != NULL) {
 		const char *n = de->d_name;
-		if (strcmp(n, ".") == 0 || strcmp(n, "..") == 0 || strcmp(n, ".lock") == 0)
+		if (strcmp(n, ".") == 0 || strcmp(n, "..") == 0 || strcmp(n, ".lock") == 0 ||
+		    strcmp(n, ".offsets") == 0)
 			continue;
 		char path[PATH_MAX];
 		sfmt(path, sizeof(path), "%s/%s", data, n);

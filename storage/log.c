@@ -1373,12 +1373,19 @@ static void retention_run(struct log *log, int64_t now_ms)
 			       seg->max_ts < now_ms - log->cfg.retention_ms;
 		bool over = log->cfg.retention_bytes >= 0 &&
 			    total - seg->end_pos >= (uint64_t)log->cfg.retention_bytes;
-		if (!expired && !over)
+		bool below = log->segs[1]->base <= log->delete_before;
+		if (!expired && !over && !below)
 			break;
 		total -= seg->end_pos;
 		if (retention_delete(log) != 0)
 			break;
 	}
+}
+
+void log_delete_before(struct log *log, uint64_t offset)
+{
+	if (offset > log->delete_before)
+		log->delete_before = offset;
 }
 
 void log_tick(struct log *log, int64_t now_ms)

@@ -183,6 +183,11 @@ void log_wait_durable(struct log *log, struct log_waiter *w);
 /* fn(arg) runs whenever visible_end advances (for waking long-poll reads). */
 void log_set_visible_listener(struct log *log, void (*fn)(void *arg), void *arg);
 
+/* Lets retention delete every closed segment whose messages all lie below
+ * `offset` (for logs compacted by their owner, such as the offsets store).
+ * The deletes happen at the next log_tick. */
+void log_delete_before(struct log *log, uint64_t offset);
+
 /* Rolls the active segment on segment.ms, runs interval fdatasyncs, and
  * starts retention deletes. Call every few hundred ms with the wall clock. */
 void log_tick(struct log *log, int64_t now_ms);

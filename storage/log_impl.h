@@ -188,6 +188,7 @@ struct log {
 	} *recent;
 	uint32_t recent_first, recent_n;
 	struct segment *recent_seg;
+	uint64_t delete_before; /* log_delete_before */
 	/* failures */
 	int wfail;  /* a write failed: rewinding; appends refused meanwhile */
 	int failed; /* permanent until reopened */
