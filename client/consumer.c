@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "client/internal.h"
 #include "storage/batch.h"
@@ -302,8 +303,17 @@ int ringmq_consumer_position(struct ringmq_consumer *c, const char *topic, int32
 	struct cpart *cp = find_part(c, topic, strlen(topic), (uint32_t)partition);
 	if (cp == NULL)
 		return RINGMQ_ERR_INVALID_ARG;
-	if (next_offset)
+	if (next_offset) {
+		/* Messages fetched but not yet handed out by poll come first
+		 * (each partition's messages point at its own topic string). */
 		*next_offset = cp->next;
+		for (size_t i = c->pending_pos; i < c->npending; i++) {
+			if (c->pending[i].topic == cp->topic) {
+				*next_offset = c->pending[i].offset;
+				break;
+			}
+		}
+	}
 	if (log_end)
 		*log_end = cp->log_end;
 	return 0;
@@ -574,8 +584,22 @@ int ringmq_consumer_poll(struct ringmq_consumer *c, int timeout_ms, struct ringm
 			c->fetch_corr = 0;
 			int ret = rc_conn_connect(&c->conn, left > 0 ? left : 0);
 			if (ret != 0) {
-				if (rc_now_ms() < deadline)
+				/* rc_conn_connect returns at once while a reconnect
+				 * backoff is in force: wait it out (up to the
+				 * deadline) rather than spin. */
+				int64_t now = rc_now_ms();
+				if (now < deadline) {
+					int64_t until = c->conn.next_attempt_ms < deadline
+								? c->conn.next_attempt_ms
+								: deadline;
+					if (until > now) {
+						struct timespec ts = { (until - now) / 1000,
+								       (long)((until - now) % 1000) *
+									       1000000 };
+						nanosleep(&ts, NULL);
+					}
 					continue;
+				}
 				return rc_fail(errstr, errlen, RINGMQ_ERR_TRANSPORT, "%s", c->conn.err);
 			}
 		}

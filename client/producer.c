@@ -889,6 +889,11 @@ static void *io_main(void *arg)
 
 		if (rc_conn_send_some(&p->conn) == 0)
 			settle_acks0(p, &reps, &nrep, &cap);
+		if (nrep > 0) {
+			/* acks=0 deliveries: no reply will wake the poll below. */
+			report(p, reps, nrep);
+			nrep = 0;
+		}
 		int64_t oldest = INT64_MAX;
 		for (struct preq *rq = p->inflight; rq; rq = rq->next)
 			if (rq->deadline < oldest)

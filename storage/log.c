@@ -811,8 +811,13 @@ static void log_advance(struct log *log)
 		return;
 	}
 	chunks_reclaim(log);
-	if (written > log->written_end)
+	if (written > log->written_end) {
 		log_set_watermarks(log, written, log->durable_end);
+		/* flush "always": every write is fdatasynced (group-committed),
+		 * whether or not anyone waits, or readers would never see it. */
+		if (log->cfg.flush == LOG_FLUSH_ALWAYS)
+			log->sync_wanted = true;
+	}
 	for (uint32_t i = log->nsegs; i-- > 0;) {
 		struct segment *seg = log->segs[i];
 		if (seg->state == SEG_SEALING)

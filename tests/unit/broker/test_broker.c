@@ -159,6 +159,25 @@ static void test_produce_fetch(void **state)
 	free(b);
 }
 
+/* acks=1 on a flush-always topic: the broker still fdatasyncs and the data
+ * becomes readable without any acks=all produce. */
+static void test_acks1_becomes_visible(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(tc_create_topic(&f->c, "vis", 1, NULL), ERR_NONE);
+	uint32_t len;
+	uint8_t *b = tu_batch(5, 10, 1, 1, false, &len);
+	assert_int_equal(tc_produce(&f->c, "vis", 0, PROTO_ACKS_LEADER, b, len, NULL), 0);
+	free(b);
+	uint8_t *recs;
+	uint32_t rlen;
+	uint64_t end = 0;
+	assert_int_equal(tc_fetch(&f->c, "vis", 0, 0, 1 << 20, 2000, 1, &recs, &rlen, &end), 0);
+	assert_int_equal(end, 5);
+	assert_int_equal(count_records(recs, rlen, 0), 5);
+	free(recs);
+}
+
 static void test_long_poll_wakes(void **state)
 {
 	struct fx *f = *state;
@@ -315,6 +334,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_topic_admin, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_produce_fetch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_acks1_becomes_visible, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_long_poll_wakes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pipelined, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_kill9_keeps_acked, setup, teardown),

@@ -430,6 +430,20 @@ static void test_segments_bounded_during_roll(void **state)
 	assert_int_equal(check_all(f->log, &f->m, 0), 1600);
 }
 
+/* On a flush-always log, data written without anyone waiting for durability
+ * (acks=0/1) must still be fdatasynced and become visible. */
+static void test_flush_always_syncs_unwaited_writes(void **state)
+{
+	struct fixture *f = *state;
+	f->cfg.flush = LOG_FLUSH_ALWAYS;
+	open_log(f);
+	append(f, 3, 10, 1, false, false); /* waits for the write only */
+	assert_int_equal(log_written_end(f->log), 3);
+	assert_int_equal(log_tick_sync(f->log, 0), 0); /* runs what is due */
+	assert_int_equal(log_durable_end(f->log), 3);
+	assert_int_equal(log_visible_end(f->log), 3);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -445,6 +459,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_staging_full, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_power_loss_leaves_no_hole, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_segments_bounded_during_roll, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_flush_always_syncs_unwaited_writes, setup,
+						teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
