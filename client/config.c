@@ -52,6 +52,12 @@ const char *ringmq_strerror(int err)
 	case RINGMQ_ERR_BUSY: return "the broker is busy";
 	case RINGMQ_ERR_INVALID_ACKS: return "invalid acks";
 	case RINGMQ_ERR_OUT_OF_ORDER_SEQUENCE: return "producer sequence out of order";
+	case RINGMQ_ERR_INVALID_GROUP: return "invalid group name";
+	case RINGMQ_ERR_UNKNOWN_MEMBER: return "not a member of the group (session expired)";
+	case RINGMQ_ERR_FENCED_MEMBER: return "stale member epoch";
+	case RINGMQ_ERR_NOT_OWNER: return "the member does not own the partition";
+	case RINGMQ_ERR_GROUP_NOT_EMPTY: return "the group has live members";
+	case RINGMQ_ERR_UNKNOWN_GROUP: return "unknown group";
 	case RINGMQ_ERR_TIMEOUT: return "timed out";
 	case RINGMQ_ERR_TRANSPORT: return "cannot reach the broker";
 	case RINGMQ_ERR_INVALID_ARG: return "invalid argument";
@@ -120,6 +126,10 @@ void rc_config_default(struct ringmq_config *cfg)
 	cfg->fetch_max_wait_ms = 500;
 	cfg->fetch_min_bytes = 1;
 	cfg->check_crcs = true;
+	cfg->session_timeout_ms = 10000;
+	cfg->auto_commit = true;
+	cfg->auto_commit_interval_ms = 5000;
+	cfg->offset_reset_latest = false;
 }
 
 struct ringmq_config *ringmq_config_new(void)
@@ -141,6 +151,13 @@ struct ringmq_config *ringmq_config_dup(const struct ringmq_config *cfg)
 void ringmq_config_free(struct ringmq_config *cfg)
 {
 	free(cfg);
+}
+
+void ringmq_config_set_rebalance_cb(struct ringmq_config *cfg, ringmq_rebalance_cb *cb,
+				    void *cb_opaque)
+{
+	cfg->rebalance_cb = cb;
+	cfg->rebalance_opaque = cb_opaque;
 }
 
 void ringmq_config_set_delivery_cb(struct ringmq_config *cfg, ringmq_delivery_cb *cb,
@@ -254,6 +271,17 @@ int ringmq_config_set(struct ringmq_config *cfg, const char *key, const char *va
 				       "acks must be 0, 1 or all, not '%s'", value);
 		return 0;
 	}
+	if (strcmp(key, "auto.offset.reset") == 0) {
+		if (strcmp(value, "earliest") == 0)
+			cfg->offset_reset_latest = false;
+		else if (strcmp(value, "latest") == 0)
+			cfg->offset_reset_latest = true;
+		else
+			return rc_fail(errstr, errlen, RINGMQ_ERR_INVALID_ARG,
+				       "auto.offset.reset must be earliest or latest, not '%s'",
+				       value);
+		return 0;
+	}
 	if (strcmp(key, "compression") == 0) {
 		if (strcmp(value, "lz4") == 0)
 			cfg->lz4 = true;
@@ -281,6 +309,9 @@ int ringmq_config_set(struct ringmq_config *cfg, const char *key, const char *va
 	INT_KEY("fetch.max.wait.ms", fetch_max_wait_ms, 0, 3600000)
 	INT_KEY("fetch.min.bytes", fetch_min_bytes, 0, 64 << 20)
 	BOOL_KEY("check.crcs", check_crcs)
+	INT_KEY("session.timeout.ms", session_timeout_ms, 1000, 300000)
+	BOOL_KEY("enable.auto.commit", auto_commit)
+	INT_KEY("auto.commit.interval.ms", auto_commit_interval_ms, 1, 3600000)
 #undef INT_KEY
 #undef BOOL_KEY
 	return rc_fail(errstr, errlen, RINGMQ_ERR_UNKNOWN_CONFIG, "unknown configuration key '%s'",

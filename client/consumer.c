@@ -17,41 +17,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "client/internal.h"
+#include "client/consumer_impl.h"
 #include "storage/batch.h"
-
-struct cpart {
-	char *topic;
-	uint32_t partition;
-	int64_t next;      /* the next offset to hand out */
-	int64_t log_end;   /* as last reported by the broker; -1 unknown */
-	uint32_t epoch;    /* bumped by a seek: older fetch replies are ignored */
-	bool stopped;      /* after an error, until a seek */
-	int err;           /* to report from the next poll */
-	char errmsg[256];
-};
-
-/* The memory behind a set of handed-out messages. */
-struct fbuf {
-	uint8_t *frame;
-	size_t cap;
-	void **scratch;   /* lz4 outputs */
-	size_t nscratch, scratch_cap;
-};
-
-struct ringmq_consumer {
-	struct ringmq_config cfg;
-	struct rc_conn conn;
-	struct cpart *parts;
-	size_t nparts;
-	struct ringmq_message *pending;
-	size_t npending, pending_pos, pending_cap;
-	struct fbuf cur;
-	uint32_t fetch_corr;       /* 0: no fetch in flight */
-	uint32_t *fetch_epochs;    /* each partition's epoch when it was sent */
-	uint8_t *arena_buf;
-	struct arena arena;
-};
 
 static void fbuf_clear(struct fbuf *f)
 {
@@ -119,16 +86,19 @@ void ringmq_consumer_free(struct ringmq_consumer *c)
 {
 	if (c == NULL)
 		return;
+	if (c->grp)
+		group_close(c);
 	drop_parts(c);
 	fbuf_free(&c->cur);
 	free(c->pending);
+	free(c->pending_part);
 	rc_conn_free(&c->conn);
 	free(c->arena_buf);
 	free(c);
 }
 
-static struct cpart *find_part(struct ringmq_consumer *c, const char *topic, size_t len,
-			       uint32_t partition)
+struct cpart *consumer_find_part(struct ringmq_consumer *c, const char *topic, size_t len,
+				 uint32_t partition)
 {
 	for (size_t i = 0; i < c->nparts; i++)
 		if (c->parts[i].partition == partition && strlen(c->parts[i].topic) == len &&
@@ -137,11 +107,11 @@ static struct cpart *find_part(struct ringmq_consumer *c, const char *topic, siz
 	return NULL;
 }
 
-/* A synchronous call; a fetch in flight is abandoned (its reply skipped). */
-static int call(struct ringmq_consumer *c, uint16_t api, const union proto_request *req,
-		union proto_response *resp, char *errstr, size_t errlen)
+int consumer_call(struct ringmq_consumer *c, uint16_t api, const union proto_request *req,
+		  union proto_response *resp, char *errstr, size_t errlen)
 {
 	c->fetch_corr = 0;
+	group_forget_inflight(c);
 	struct proto_resp_hdr h;
 	int ret = rc_conn_call(&c->conn, api, req, c->cfg.request_timeout_ms, &h, resp, &c->arena);
 	if (ret != 0)
@@ -165,7 +135,7 @@ static int resolve(struct ringmq_consumer *c, const char *topic, uint32_t partit
 	struct proto_lo_topic t = { pstr_c(topic), 1, &p };
 	union proto_request req = { .list_offsets = { 1, &t } };
 	union proto_response resp;
-	int ret = call(c, API_LIST_OFFSETS, &req, &resp, errstr, errlen);
+	int ret = consumer_call(c, API_LIST_OFFSETS, &req, &resp, errstr, errlen);
 	if (ret != 0)
 		return ret;
 	if (resp.list_offsets.ntopics != 1 || resp.list_offsets.topics[0].nparts != 1)
@@ -181,13 +151,56 @@ static int resolve(struct ringmq_consumer *c, const char *topic, uint32_t partit
 static void drop_pending_of(struct ringmq_consumer *c, const struct cpart *cp)
 {
 	size_t k = c->pending_pos;
+	uint32_t idx = (uint32_t)(cp - c->parts);
 	for (size_t i = c->pending_pos; i < c->npending; i++) {
-		const struct ringmq_message *m = &c->pending[i];
-		if (m->partition == (int32_t)cp->partition && strcmp(m->topic, cp->topic) == 0)
+		if (c->pending_part[i] == idx)
 			continue;
-		c->pending[k++] = *m;
+		c->pending_part[k] = c->pending_part[i];
+		c->pending[k++] = c->pending[i];
 	}
 	c->npending = k;
+}
+
+int consumer_add_part(struct ringmq_consumer *c, const char *topic, uint32_t partition,
+		      int64_t next)
+{
+	struct cpart *parts = realloc(c->parts, (c->nparts + 1) * sizeof(*parts));
+	if (parts == NULL)
+		return RINGMQ_ERR_NO_MEMORY;
+	c->parts = parts;
+	uint32_t *ep = realloc(c->fetch_epochs, (c->nparts + 1) * sizeof(*ep));
+	if (ep == NULL)
+		return RINGMQ_ERR_NO_MEMORY;
+	c->fetch_epochs = ep;
+	struct cpart *cp = &c->parts[c->nparts];
+	memset(cp, 0, sizeof(*cp));
+	cp->topic = strdup(topic);
+	if (cp->topic == NULL)
+		return RINGMQ_ERR_NO_MEMORY;
+	cp->partition = partition;
+	cp->next = next;
+	cp->returned = -1;
+	cp->committed = -1;
+	cp->log_end = -1;
+	c->fetch_epochs[c->nparts] = 0;
+	c->nparts++;
+	c->fetch_corr = 0; /* the fetch in flight does not cover it: send anew */
+	return 0;
+}
+
+void consumer_drop_part(struct ringmq_consumer *c, size_t index)
+{
+	struct cpart *cp = &c->parts[index];
+	drop_pending_of(c, cp);
+	free(cp->topic);
+	memmove(cp, cp + 1, (c->nparts - index - 1) * sizeof(*cp));
+	memmove(&c->fetch_epochs[index], &c->fetch_epochs[index + 1],
+		(c->nparts - index - 1) * sizeof(*c->fetch_epochs));
+	c->nparts--;
+	for (size_t i = c->pending_pos; i < c->npending; i++)
+		if (c->pending_part[i] > index)
+			c->pending_part[i]--;
+	c->fetch_corr = 0; /* its reply would name a partition no longer here */
 }
 
 int ringmq_consumer_assign(struct ringmq_consumer *c, const struct ringmq_topic_partition *tps,
@@ -195,6 +208,9 @@ int ringmq_consumer_assign(struct ringmq_consumer *c, const struct ringmq_topic_
 {
 	if (c == NULL || (n && tps == NULL))
 		return rc_fail(errstr, errlen, RINGMQ_ERR_INVALID_ARG, "NULL argument");
+	if (c->grp != NULL)
+		return rc_fail(errstr, errlen, RINGMQ_ERR_INVALID_ARG,
+			       "subscribed to a group: the group assigns partitions");
 	/* Every partition must exist: one metadata call for all topics. */
 	struct pstr *names = calloc(n ? n : 1, sizeof(*names));
 	if (names == NULL)
@@ -209,7 +225,7 @@ int ringmq_consumer_assign(struct ringmq_consumer *c, const struct ringmq_topic_
 	}
 	union proto_request req = { .metadata = { (uint32_t)n, names } };
 	union proto_response resp;
-	int ret = n ? call(c, API_METADATA, &req, &resp, errstr, errlen) : 0;
+	int ret = n ? consumer_call(c, API_METADATA, &req, &resp, errstr, errlen) : 0;
 	free(names);
 	if (ret != 0)
 		return ret;
@@ -237,6 +253,8 @@ int ringmq_consumer_assign(struct ringmq_consumer *c, const struct ringmq_topic_
 		parts[i].topic = strdup(tps[i].topic);
 		parts[i].partition = (uint32_t)tps[i].partition;
 		parts[i].log_end = -1;
+		parts[i].returned = -1;
+		parts[i].committed = -1;
 		ret = parts[i].topic ? resolve(c, tps[i].topic, (uint32_t)tps[i].partition,
 					       tps[i].offset, false, &parts[i].next, errstr, errlen)
 				     : RINGMQ_ERR_NO_MEMORY;
@@ -262,7 +280,7 @@ static int seek(struct ringmq_consumer *c, const char *topic, int32_t partition,
 {
 	if (c == NULL || topic == NULL || partition < 0)
 		return rc_fail(errstr, errlen, RINGMQ_ERR_INVALID_ARG, "invalid argument");
-	struct cpart *cp = find_part(c, topic, strlen(topic), (uint32_t)partition);
+	struct cpart *cp = consumer_find_part(c, topic, strlen(topic), (uint32_t)partition);
 	if (cp == NULL)
 		return rc_fail(errstr, errlen, RINGMQ_ERR_INVALID_ARG, "%s[%d] is not assigned",
 			       topic, partition);
@@ -300,7 +318,7 @@ int ringmq_consumer_position(struct ringmq_consumer *c, const char *topic, int32
 {
 	if (c == NULL || topic == NULL || partition < 0)
 		return RINGMQ_ERR_INVALID_ARG;
-	struct cpart *cp = find_part(c, topic, strlen(topic), (uint32_t)partition);
+	struct cpart *cp = consumer_find_part(c, topic, strlen(topic), (uint32_t)partition);
 	if (cp == NULL)
 		return RINGMQ_ERR_INVALID_ARG;
 	if (next_offset) {
@@ -369,6 +387,7 @@ static int send_fetch(struct ringmq_consumer *c)
 	}
 	union proto_request req = { .fetch = { c->cfg.fetch_max_wait_ms, c->cfg.fetch_min_bytes,
 					       c->cfg.fetch_max_bytes, (uint32_t)k, ft } };
+	group_fetch_identity(c, &req.fetch.group, &req.fetch.member_id, &req.fetch.member_epoch);
 	c->fetch_corr = rc_conn_queue(&c->conn, API_FETCH, &req);
 	free(fp);
 	free(ft);
@@ -377,7 +396,7 @@ static int send_fetch(struct ringmq_consumer *c)
 	return rc_conn_send_some(&c->conn);
 }
 
-static int push_msg(struct ringmq_consumer *c, const struct ringmq_message *m)
+static int push_msg(struct ringmq_consumer *c, const struct ringmq_message *m, uint32_t part)
 {
 	if (c->npending == c->pending_cap) {
 		size_t cap = c->pending_cap ? c->pending_cap * 2 : 1024;
@@ -385,8 +404,13 @@ static int push_msg(struct ringmq_consumer *c, const struct ringmq_message *m)
 		if (n == NULL)
 			return RINGMQ_ERR_NO_MEMORY;
 		c->pending = n;
+		uint32_t *pp = realloc(c->pending_part, cap * sizeof(*pp));
+		if (pp == NULL)
+			return RINGMQ_ERR_NO_MEMORY;
+		c->pending_part = pp;
 		c->pending_cap = cap;
 	}
+	c->pending_part[c->npending] = part;
 	c->pending[c->npending++] = *m;
 	return 0;
 }
@@ -463,7 +487,7 @@ static void take_records(struct ringmq_consumer *c, struct cpart *cp, const uint
 					.headers_raw = rec.headers,
 					.headers_len = rec.headers_len,
 				};
-				if (push_msg(c, &m) != 0) {
+				if (push_msg(c, &m, (uint32_t)(cp - c->parts)) != 0) {
 					part_fail(cp, RINGMQ_ERR_NO_MEMORY, "out of memory");
 					return;
 				}
@@ -515,7 +539,7 @@ static void take_fetch(struct ringmq_consumer *c, const uint8_t *frame, uint32_t
 		const struct proto_fetch_resp_topic *rt = &resp.fetch.topics[t];
 		for (uint32_t k = 0; k < rt->nparts; k++) {
 			const struct proto_fetch_resp_part *rp = &rt->parts[k];
-			struct cpart *cp = find_part(c, rt->name.p, rt->name.len, rp->partition);
+			struct cpart *cp = consumer_find_part(c, rt->name.p, rt->name.len, rp->partition);
 			if (cp == NULL || cp->stopped ||
 			    c->fetch_epochs[cp - c->parts] != cp->epoch)
 				continue; /* unassigned or sought since it was sent */
@@ -552,6 +576,26 @@ static int pending_error(struct ringmq_consumer *c, char *errstr, size_t errlen)
 	return 0;
 }
 
+/* Takes every whole reply received: fetch replies become messages, group
+ * replies go to group.c. */
+static void dispatch(struct ringmq_consumer *c)
+{
+	uint32_t len;
+	const uint8_t *f;
+	while ((f = rc_conn_next_frame(&c->conn, &len)) != NULL) {
+		struct proto_resp_hdr h;
+		struct pr body;
+		if (proto_resp_header(f, len, &h, &body) != 0)
+			continue;
+		if (c->fetch_corr != 0 && h.correlation_id == c->fetch_corr) {
+			c->fetch_corr = 0;
+			take_fetch(c, f, len);
+		} else if (c->grp != NULL) {
+			group_take_reply(c, &h, &body);
+		}
+	}
+}
+
 int ringmq_consumer_poll(struct ringmq_consumer *c, int timeout_ms, struct ringmq_message *msgs,
 			 size_t max, size_t *n, char *errstr, size_t errlen)
 {
@@ -560,11 +604,25 @@ int ringmq_consumer_poll(struct ringmq_consumer *c, int timeout_ms, struct ringm
 	*n = 0;
 	int64_t deadline = rc_now_ms() + (timeout_ms < 0 ? 1000000000 : timeout_ms);
 	for (;;) {
+		/* Group duties first, even with messages buffered: a member that
+		 * polls only for what it has must still heartbeat. */
+		if (c->grp != NULL) {
+			int err = group_poll(c, errstr, errlen);
+			if (err != 0)
+				return err;
+		}
+		if (c->pending_pos < c->npending && c->grp != NULL && group_waiting(c) &&
+		    rc_conn_recv_some(&c->conn) == 0)
+			dispatch(c); /* heartbeat and commit replies, without waiting */
 		if (c->pending_pos < c->npending) {
 			size_t k = c->npending - c->pending_pos;
 			if (k > max)
 				k = max;
 			memcpy(msgs, c->pending + c->pending_pos, k * sizeof(*msgs));
+			/* What poll returned is what a commit covers. */
+			for (size_t i = 0; i < k; i++)
+				c->parts[c->pending_part[c->pending_pos + i]].returned =
+					msgs[i].offset + 1;
 			c->pending_pos += k;
 			*n = k;
 			if (c->pending_pos == c->npending)
@@ -577,11 +635,13 @@ int ringmq_consumer_poll(struct ringmq_consumer *c, int timeout_ms, struct ringm
 		int err = pending_error(c, errstr, errlen);
 		if (err != 0)
 			return err;
-		if (c->nparts == 0)
+		if (c->grp == NULL && c->nparts == 0) {
 			return rc_fail(errstr, errlen, RINGMQ_ERR_INVALID_ARG, "nothing is assigned");
+		}
 		int left = (int)(deadline - rc_now_ms());
 		if (!rc_conn_up(&c->conn)) {
 			c->fetch_corr = 0;
+			group_forget_inflight(c);
 			int ret = rc_conn_connect(&c->conn, left > 0 ? left : 0);
 			if (ret != 0) {
 				/* rc_conn_connect returns at once while a reconnect
@@ -603,29 +663,27 @@ int ringmq_consumer_poll(struct ringmq_consumer *c, int timeout_ms, struct ringm
 				return rc_fail(errstr, errlen, RINGMQ_ERR_TRANSPORT, "%s", c->conn.err);
 			}
 		}
-		if (send_fetch(c) != 0 && !rc_conn_up(&c->conn))
+		if (c->nparts > 0 && send_fetch(c) != 0 && !rc_conn_up(&c->conn))
 			continue;
-		uint32_t len;
-		const uint8_t *f;
-		while ((f = rc_conn_next_frame(&c->conn, &len)) != NULL) {
-			struct proto_resp_hdr h;
-			struct pr body;
-			if (proto_resp_header(f, len, &h, &body) == 0 && c->fetch_corr != 0 &&
-			    h.correlation_id == c->fetch_corr) {
-				c->fetch_corr = 0;
-				take_fetch(c, f, len);
-				break;
-			}
-		}
+		dispatch(c);
 		if (c->npending > 0 || has_error(c))
 			continue; /* hand them out (or report it) from the top */
 		left = (int)(deadline - rc_now_ms());
 		if (left <= 0)
 			return 0;
-		if (c->fetch_corr == 0)
+		if (c->grp != NULL) {
+			int due = group_next_due(c);
+			if (due <= 0)
+				continue; /* a heartbeat or commit is due now */
+			if (due < left)
+				left = due;
+		} else if (c->fetch_corr == 0) {
 			continue;
+		}
 		rc_poll(c->conn.fd, rc_conn_want_send(&c->conn), -1, left);
-		if (rc_conn_send_some(&c->conn) != 0 || rc_conn_recv_some(&c->conn) != 0)
+		if (rc_conn_send_some(&c->conn) != 0 || rc_conn_recv_some(&c->conn) != 0) {
 			c->fetch_corr = 0; /* lost: reconnect and fetch again */
+			group_forget_inflight(c);
+		}
 	}
 }

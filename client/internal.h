@@ -39,6 +39,13 @@ struct ringmq_config {
 	uint32_t fetch_max_bytes, fetch_partition_max_bytes;
 	uint32_t fetch_max_wait_ms, fetch_min_bytes;
 	bool check_crcs;
+	/* consumer groups */
+	int session_timeout_ms;
+	bool auto_commit;
+	int auto_commit_interval_ms;
+	bool offset_reset_latest;
+	ringmq_rebalance_cb *rebalance_cb;
+	void *rebalance_opaque;
 };
 
 void rc_config_default(struct ringmq_config *cfg);

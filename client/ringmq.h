@@ -20,7 +20,8 @@
  * batch.size, buffer.memory, block.on.buffer.full, max.block.ms,
  * compression, enable.idempotence, max.in.flight, delivery.timeout.ms,
  * fetch.max.bytes, fetch.partition.max.bytes, fetch.max.wait.ms,
- * fetch.min.bytes, check.crcs.
+ * fetch.min.bytes, check.crcs, session.timeout.ms, enable.auto.commit,
+ * auto.commit.interval.ms, auto.offset.reset.
  */
 #ifndef RINGMQ_CLIENT_H
 #define RINGMQ_CLIENT_H
@@ -59,6 +60,12 @@ enum ringmq_err {
 	RINGMQ_ERR_BUSY = 19,
 	RINGMQ_ERR_INVALID_ACKS = 20,
 	RINGMQ_ERR_OUT_OF_ORDER_SEQUENCE = 21,
+	RINGMQ_ERR_INVALID_GROUP = 22,
+	RINGMQ_ERR_UNKNOWN_MEMBER = 23,  /* the session expired: the member rejoins */
+	RINGMQ_ERR_FENCED_MEMBER = 24,   /* a stale member epoch (a zombie) */
+	RINGMQ_ERR_NOT_OWNER = 25,       /* the member does not own that partition */
+	RINGMQ_ERR_GROUP_NOT_EMPTY = 26,
+	RINGMQ_ERR_UNKNOWN_GROUP = 27,
 	/* From the client. */
 	RINGMQ_ERR_TIMEOUT = 100,        /* the operation did not finish in time */
 	RINGMQ_ERR_TRANSPORT = 101,      /* no broker could be reached */
@@ -225,6 +232,64 @@ int ringmq_consumer_poll(struct ringmq_consumer *c, int timeout_ms, struct ringm
 RINGMQ_API
 int ringmq_consumer_position(struct ringmq_consumer *c, const char *topic, int32_t partition,
 			     int64_t *next_offset, int64_t *log_end);
+
+/* ---- consumer groups (one thread at a time, like the consumer) ----
+ *
+ * A subscribed consumer is a member of a group: every group receives every
+ * message of its topics, and inside a group each partition belongs to one
+ * member at a time. poll() heartbeats (call it at least every
+ * session.timeout.ms) and applies the broker's assignment: partitions taken
+ * away are committed (what poll returned) before they are released, so a
+ * graceful rebalance delivers nothing twice; new ones start at the group's
+ * committed offset, or per auto.offset.reset (earliest or latest) if there
+ * is none. With enable.auto.commit, what poll returned is committed every
+ * auto.commit.interval.ms.
+ */
+enum ringmq_rebalance_event {
+	RINGMQ_ASSIGNED = 1, /* the partitions are now this member's */
+	RINGMQ_REVOKED = 2,  /* taken away; what poll returned was committed first */
+	RINGMQ_LOST = 3,     /* membership expired: taken away without a commit */
+};
+
+/* Called from poll() on the consumer's thread; tps[i].offset is where the
+ * partition starts (assigned) or stood (revoked). */
+typedef void ringmq_rebalance_cb(int event, const struct ringmq_topic_partition *tps, size_t n,
+				 void *cb_opaque);
+RINGMQ_API
+void ringmq_config_set_rebalance_cb(struct ringmq_config *cfg, ringmq_rebalance_cb *cb,
+				    void *cb_opaque);
+
+/* Joins `group` reading `topics` (replacing any assign()). Blocks for the
+ * join itself; partitions arrive with the following polls. */
+RINGMQ_API
+int ringmq_consumer_subscribe(struct ringmq_consumer *c, const char *group,
+			      const char *const *topics, size_t n, char *errstr, size_t errlen);
+
+/* Commits what poll has returned so far, and waits for it to be durable. */
+RINGMQ_API
+int ringmq_consumer_commit(struct ringmq_consumer *c, char *errstr, size_t errlen);
+
+/* Commits these offsets (the next offset to consume, per partition) and waits. */
+RINGMQ_API
+int ringmq_consumer_commit_offsets(struct ringmq_consumer *c,
+				   const struct ringmq_topic_partition *tps, size_t n, char *errstr,
+				   size_t errlen);
+
+/* Starts a commit of what poll returned; a failure is reported by a later poll. */
+RINGMQ_API
+int ringmq_consumer_commit_async(struct ringmq_consumer *c, char *errstr, size_t errlen);
+
+/* The partitions the consumer holds now, with the next offset poll would
+ * return. *tps is malloc'd (free it); the topic strings live until the next
+ * poll. */
+RINGMQ_API
+int ringmq_consumer_assignment(struct ringmq_consumer *c, struct ringmq_topic_partition **tps,
+			       size_t *n);
+
+/* Commits and leaves the group, so its partitions move at once. _free() does
+ * the same when it was not called. */
+RINGMQ_API
+int ringmq_consumer_close(struct ringmq_consumer *c, char *errstr, size_t errlen);
 
 RINGMQ_API
 void ringmq_consumer_free(struct ringmq_consumer *c);
