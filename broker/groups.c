@@ -768,6 +768,13 @@ static void handle_describe_group(struct conn *c, uint32_t corr,
 	}
 	if (g->dirty)
 		rebalance(l, g);
+	/* Every partition of every topic the group knows, committed or not. */
+	for (uint32_t i = 0, n = g->nparts; i < n; i++) {
+		struct topic *t = registry_find(&l->reg, g->parts[i].topic,
+						strlen(g->parts[i].topic));
+		for (uint32_t k = 0; t != NULL && t->state == TOPIC_LIVE && k < t->nparts; k++)
+			part_get(g, t->name, t->name_len, k);
+	}
 	struct proto_group_member *gm = calloc(g->nmembers ? g->nmembers : 1, sizeof(*gm));
 	struct proto_tp *tps = calloc(g->nparts ? g->nparts : 1, sizeof(*tps));
 	struct proto_group_part *gp = calloc(g->nparts ? g->nparts : 1, sizeof(*gp));
@@ -793,10 +800,10 @@ static void handle_describe_group(struct conn *c, uint32_t corr,
 	uint32_t np = 0;
 	for (uint32_t i = 0; i < g->nparts; i++) {
 		struct gpart *p = &g->parts[i];
-		if (!p->subscribed && p->committed < 0)
-			continue;
 		uint16_t err;
 		struct partition *pp = partition_lookup(l, pstr_c(p->topic), p->partition, &err);
+		if (pp == NULL && p->committed < 0)
+			continue; /* a partition of a deleted topic, never committed */
 		gp[np++] = (struct proto_group_part){
 			pstr_c(p->topic), p->partition, p->committed,
 			pp ? log_visible_end(pp->log) : 0,

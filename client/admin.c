@@ -253,3 +253,155 @@ int ringmq_broker_status(struct ringmq_admin *a, struct ringmq_broker_status *st
 	st->bytes_out = b->bytes_out;
 	return 0;
 }
+
+/* ---- groups ---- */
+
+void ringmq_groups_free(struct ringmq_group_info *groups, size_t n)
+{
+	if (groups == NULL)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		struct ringmq_group_info *g = &groups[i];
+		free(g->name);
+		free(g->state);
+		/* A listing gives only the member count: members is NULL. */
+		for (size_t k = 0; g->members != NULL && k < g->nmembers; k++) {
+			free(g->members[k].member_id);
+			free(g->members[k].client_id);
+			for (size_t j = 0; j < g->members[k].nowned; j++)
+				free((char *)g->members[k].owned[j].topic);
+			free(g->members[k].owned);
+		}
+		free(g->members);
+		for (size_t k = 0; k < g->nparts; k++) {
+			free(g->parts[k].topic);
+			free(g->parts[k].owner);
+		}
+		free(g->parts);
+	}
+	free(groups);
+}
+
+int ringmq_group_list(struct ringmq_admin *a, struct ringmq_group_info **groups, size_t *n,
+		      char *errstr, size_t errlen)
+{
+	if (a == NULL || groups == NULL || n == NULL)
+		return rc_fail(errstr, errlen, RINGMQ_ERR_INVALID_ARG, "NULL argument");
+	union proto_response resp;
+	int ret = call(a, API_LIST_GROUPS, NULL, &resp, errstr, errlen);
+	if (ret != 0)
+		return ret;
+	uint32_t k = resp.list_groups.ngroups;
+	struct ringmq_group_info *g = calloc(k ? k : 1, sizeof(*g));
+	if (g == NULL)
+		return rc_fail(errstr, errlen, RINGMQ_ERR_NO_MEMORY, "out of memory");
+	for (uint32_t i = 0; i < k; i++) {
+		g[i].name = dupstr(resp.list_groups.groups[i].group);
+		g[i].state = dupstr(resp.list_groups.groups[i].state);
+		g[i].nmembers = resp.list_groups.groups[i].members; /* a count: no array */
+		if (g[i].name == NULL || g[i].state == NULL) {
+			ringmq_groups_free(g, i + 1);
+			return rc_fail(errstr, errlen, RINGMQ_ERR_NO_MEMORY, "out of memory");
+		}
+	}
+	*groups = g;
+	*n = k;
+	return 0;
+}
+
+int ringmq_group_describe(struct ringmq_admin *a, const char *group,
+			  struct ringmq_group_info **info, char *errstr, size_t errlen)
+{
+	if (a == NULL || group == NULL || info == NULL)
+		return rc_fail(errstr, errlen, RINGMQ_ERR_INVALID_ARG, "NULL argument");
+	union proto_request req = { .describe_group = { pstr_c(group) } };
+	union proto_response resp;
+	int ret = call(a, API_DESCRIBE_GROUP, &req, &resp, errstr, errlen);
+	if (ret != 0)
+		return ret;
+	const struct proto_describe_group_resp *d = &resp.describe_group;
+	struct ringmq_group_info *g = calloc(1, sizeof(*g));
+	if (g == NULL)
+		return rc_fail(errstr, errlen, RINGMQ_ERR_NO_MEMORY, "out of memory");
+	g->name = dupstr(d->group);
+	g->state = dupstr(d->state);
+	g->rebalances = d->rebalances;
+	g->members = calloc(d->nmembers ? d->nmembers : 1, sizeof(*g->members));
+	g->parts = calloc(d->nparts ? d->nparts : 1, sizeof(*g->parts));
+	bool oom = !g->name || !g->state || !g->members || !g->parts;
+	for (uint32_t i = 0; !oom && i < d->nmembers; i++) {
+		struct ringmq_group_member *m = &g->members[i];
+		m->member_id = dupstr(d->members[i].member_id);
+		m->client_id = dupstr(d->members[i].client_id);
+		m->epoch = d->members[i].member_epoch;
+		m->last_seen_ms_ago = d->members[i].last_seen_ms_ago;
+		m->owned = calloc(d->members[i].nowned ? d->members[i].nowned : 1,
+				  sizeof(*m->owned));
+		g->nmembers = i + 1;
+		oom = !m->member_id || !m->client_id || !m->owned;
+		for (uint32_t j = 0; !oom && j < d->members[i].nowned; j++) {
+			char *t = dupstr(d->members[i].owned[j].topic);
+			m->owned[j] = (struct ringmq_topic_partition){
+				t, (int32_t)d->members[i].owned[j].partition, -1 };
+			m->nowned = j + 1;
+			oom = t == NULL;
+		}
+	}
+	for (uint32_t i = 0; !oom && i < d->nparts; i++) {
+		const struct proto_group_part *p = &d->parts[i];
+		struct ringmq_group_partition *gp = &g->parts[i];
+		gp->topic = dupstr(p->topic);
+		gp->owner = dupstr(p->owner);
+		gp->partition = (int32_t)p->partition;
+		gp->committed = p->committed;
+		gp->log_end = (int64_t)p->log_end;
+		int64_t from = p->committed >= 0 ? p->committed : 0;
+		gp->lag = gp->log_end > from ? gp->log_end - from : 0;
+		g->nparts = i + 1;
+		oom = !gp->topic || !gp->owner;
+	}
+	if (oom) {
+		ringmq_groups_free(g, 1);
+		return rc_fail(errstr, errlen, RINGMQ_ERR_NO_MEMORY, "out of memory");
+	}
+	*info = g;
+	return 0;
+}
+
+int ringmq_group_delete(struct ringmq_admin *a, const char *group, char *errstr, size_t errlen)
+{
+	if (a == NULL || group == NULL)
+		return rc_fail(errstr, errlen, RINGMQ_ERR_INVALID_ARG, "NULL argument");
+	union proto_request req = { .delete_group = { pstr_c(group) } };
+	return call(a, API_DELETE_GROUP, &req, NULL, errstr, errlen);
+}
+
+int ringmq_group_reset_offsets(struct ringmq_admin *a, const char *group, const char *topic,
+			       enum ringmq_reset mode, int64_t value,
+			       struct ringmq_topic_partition **parts, size_t *n, char *errstr,
+			       size_t errlen)
+{
+	if (a == NULL || group == NULL || topic == NULL || mode > RINGMQ_RESET_TIME ||
+	    (mode >= RINGMQ_RESET_OFFSET && value < 0))
+		return rc_fail(errstr, errlen, RINGMQ_ERR_INVALID_ARG, "invalid argument");
+	static const uint8_t modes[] = { PROTO_RESET_EARLIEST, PROTO_RESET_LATEST,
+					 PROTO_RESET_OFFSET, PROTO_RESET_TIME };
+	union proto_request req = { .reset_offsets = { pstr_c(group), pstr_c(topic), modes[mode],
+						       value } };
+	union proto_response resp;
+	int ret = call(a, API_RESET_OFFSETS, &req, &resp, errstr, errlen);
+	if (ret != 0 || parts == NULL)
+		return ret;
+	uint32_t k = resp.reset_offsets.nparts;
+	*parts = calloc(k ? k : 1, sizeof(**parts));
+	if (*parts == NULL)
+		return rc_fail(errstr, errlen, RINGMQ_ERR_NO_MEMORY, "out of memory");
+	for (uint32_t i = 0; i < k; i++)
+		(*parts)[i] = (struct ringmq_topic_partition){
+			dupstr(resp.reset_offsets.parts[i].topic),
+			(int32_t)resp.reset_offsets.parts[i].partition,
+			resp.reset_offsets.parts[i].offset };
+	if (n)
+		*n = k;
+	return 0;
+}

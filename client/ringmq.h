@@ -366,6 +366,65 @@ RINGMQ_API
 int ringmq_broker_status(struct ringmq_admin *a, struct ringmq_broker_status *st, char *errstr,
 			 size_t errlen);
 
+/* ---- group administration (on an admin handle) ---- */
+
+struct ringmq_group_partition {
+	char *topic;
+	int32_t partition;
+	int64_t committed;   /* -1: nothing committed */
+	int64_t log_end;
+	int64_t lag;         /* log_end - committed (from the log start if none) */
+	char *owner;         /* member id, or "" */
+};
+
+struct ringmq_group_member {
+	char *member_id;
+	char *client_id;
+	uint32_t epoch;
+	uint64_t last_seen_ms_ago;
+	size_t nowned;
+	struct ringmq_topic_partition *owned; /* topic strings owned by the info */
+};
+
+struct ringmq_group_info {
+	char *name;
+	char *state;         /* "stable", "rebalancing", "empty" */
+	uint64_t rebalances;
+	size_t nmembers;
+	struct ringmq_group_member *members; /* NULL in a listing (count only) */
+	size_t nparts;
+	struct ringmq_group_partition *parts;
+};
+
+/* Every group: name, state and member count only. Free with
+ * ringmq_groups_free(groups, n). */
+RINGMQ_API
+int ringmq_group_list(struct ringmq_admin *a, struct ringmq_group_info **groups, size_t *n,
+		      char *errstr, size_t errlen);
+/* One group, with members and per-partition offsets and lag. Free with
+ * ringmq_groups_free(g, 1). */
+RINGMQ_API
+int ringmq_group_describe(struct ringmq_admin *a, const char *group,
+			  struct ringmq_group_info **info, char *errstr, size_t errlen);
+RINGMQ_API
+void ringmq_groups_free(struct ringmq_group_info *groups, size_t n);
+/* Deletes a group without live members, with its committed offsets. */
+RINGMQ_API
+int ringmq_group_delete(struct ringmq_admin *a, const char *group, char *errstr, size_t errlen);
+
+enum ringmq_reset { RINGMQ_RESET_EARLIEST, RINGMQ_RESET_LATEST, RINGMQ_RESET_OFFSET,
+		    RINGMQ_RESET_TIME };
+
+/* Moves a group's committed offsets on every partition of `topic` (the group
+ * must have no live members). value: the offset, or a time in ms. The new
+ * offsets come back in *parts (free with ringmq_groups_free-style free:
+ * free(parts[i].topic) then free(parts)); parts may be NULL. */
+RINGMQ_API
+int ringmq_group_reset_offsets(struct ringmq_admin *a, const char *group, const char *topic,
+			       enum ringmq_reset mode, int64_t value,
+			       struct ringmq_topic_partition **parts, size_t *n, char *errstr,
+			       size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,4 +1,4 @@
-/* mqadm.c — the operator's tool: create, list, describe, alter and delete topics; broker status. */
+/* mqadm.c — the operator's tool: topics, consumer groups and broker status. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -30,7 +30,7 @@
 static const char usage_text[] =
 	"Usage: mqadm [-b HOST:PORT] [--json] COMMAND [ARGS]\n"
 	"\n"
-	"Administers a ringmq broker: its topics and its status.\n"
+	"Administers a ringmq broker: its topics, consumer groups and status.\n"
 	"\n"
 	"Commands:\n"
 	"  topic create NAME [--partitions N] [SETTINGS]\n"
@@ -43,6 +43,14 @@ static const char usage_text[] =
 	"                        add partitions (the count can only grow) or change\n"
 	"                        settings\n"
 	"  topic delete NAME     delete a topic and all its data\n"
+	"  group list            every consumer group, its state and member count\n"
+	"  group describe GROUP  members and what they own, then per partition: the\n"
+	"                        committed offset, the log end offset and the lag\n"
+	"  group reset-offsets GROUP --topic T --to-earliest|--to-latest|\n"
+	"                        --to-offset N|--to-time ISO8601\n"
+	"                        move the group's committed offsets on every partition\n"
+	"                        of T; refused while the group has live members\n"
+	"  group delete GROUP    delete a group without live members, and its offsets\n"
 	"  broker status         version, data dir, uptime, topics, connections, traffic\n"
 	"\n"
 	"Options:\n"
@@ -237,6 +245,10 @@ struct args {
 	struct ringmq_kv settings[SETTINGS_MAX];
 	size_t nsettings;
 	const char *setting_flag; /* the first setting flag seen, for messages */
+	const char *reset_topic;  /* group reset-offsets --topic */
+	int reset_mode;           /* -1 none, else enum ringmq_reset */
+	int64_t reset_value;
+	const char *reset_flag;
 };
 
 static int cmp_topic(const void *a, const void *b)
@@ -341,6 +353,182 @@ static void topic_describe(struct ringmq_admin *a, const char *name)
 	ringmq_topics_free(ti, 1);
 }
 
+/* ---- groups ---- */
+
+static int cmp_group(const void *a, const void *b)
+{
+	const struct ringmq_group_info *x = a, *y = b;
+	return strcmp(x->name, y->name);
+}
+
+static void group_list(struct ringmq_admin *a)
+{
+	struct ringmq_group_info *gs;
+	size_t n;
+	char err[512];
+	int ret = ringmq_group_list(a, &gs, &n, err, sizeof(err));
+	if (ret != 0)
+		fail_call(ret, err);
+	qsort(gs, n, sizeof(*gs), cmp_group);
+	if (g.json) {
+		fputs("{\"groups\":[", stdout);
+		for (size_t i = 0; i < n; i++) {
+			fputs(i ? ",{\"name\":" : "{\"name\":", stdout);
+			json_str(gs[i].name);
+			fputs(",\"state\":", stdout);
+			json_str(gs[i].state);
+			printf(",\"members\":%zu}", gs[i].nmembers);
+		}
+		fputs("]}\n", stdout);
+	} else {
+		static const bool right[] = { false, false, true };
+		struct table t = { .ncols = 3, .right = right };
+		table_add(&t, "GROUP");
+		table_add(&t, "STATE");
+		table_add(&t, "MEMBERS");
+		for (size_t i = 0; i < n; i++) {
+			table_add(&t, "%s", gs[i].name);
+			table_add(&t, "%s", gs[i].state);
+			table_add(&t, "%zu", gs[i].nmembers);
+		}
+		table_print(&t);
+	}
+	ringmq_groups_free(gs, n);
+}
+
+static void group_describe(struct ringmq_admin *a, const char *name)
+{
+	struct ringmq_group_info *gi;
+	char err[512];
+	int ret = ringmq_group_describe(a, name, &gi, err, sizeof(err));
+	if (ret != 0)
+		fail_call(ret, err);
+	int64_t total_lag = 0;
+	for (size_t i = 0; i < gi->nparts; i++)
+		total_lag += gi->parts[i].lag;
+	if (g.json) {
+		fputs("{\"group\":", stdout);
+		json_str(gi->name);
+		fputs(",\"state\":", stdout);
+		json_str(gi->state);
+		printf(",\"rebalances\":%" PRIu64 ",\"lag\":%" PRId64 ",\"members\":[",
+		       gi->rebalances, total_lag);
+		for (size_t i = 0; i < gi->nmembers; i++) {
+			const struct ringmq_group_member *m = &gi->members[i];
+			fputs(i ? ",{\"member_id\":" : "{\"member_id\":", stdout);
+			json_str(m->member_id);
+			fputs(",\"client_id\":", stdout);
+			json_str(m->client_id);
+			printf(",\"epoch\":%" PRIu32 ",\"last_seen_ms_ago\":%" PRIu64
+			       ",\"partitions\":[", m->epoch, m->last_seen_ms_ago);
+			for (size_t k = 0; k < m->nowned; k++) {
+				fputs(k ? ",{\"topic\":" : "{\"topic\":", stdout);
+				json_str(m->owned[k].topic);
+				printf(",\"partition\":%" PRId32 "}", m->owned[k].partition);
+			}
+			fputs("]}", stdout);
+		}
+		fputs("],\"partitions\":[", stdout);
+		for (size_t i = 0; i < gi->nparts; i++) {
+			const struct ringmq_group_partition *p = &gi->parts[i];
+			fputs(i ? ",{\"topic\":" : "{\"topic\":", stdout);
+			json_str(p->topic);
+			printf(",\"partition\":%" PRId32 ",\"committed\":%" PRId64
+			       ",\"log_end\":%" PRId64 ",\"lag\":%" PRId64 ",\"owner\":",
+			       p->partition, p->committed, p->log_end, p->lag);
+			json_str(p->owner);
+			putchar('}');
+		}
+		fputs("]}\n", stdout);
+		ringmq_groups_free(gi, 1);
+		return;
+	}
+	printf("group       %s\nstate       %s\nmembers     %zu\nrebalances  %" PRIu64
+	       "\nlag         %" PRId64 "\n\n",
+	       gi->name, gi->state, gi->nmembers, gi->rebalances, total_lag);
+	if (gi->nmembers > 0) {
+		static const bool rm[] = { false, false, true, true, false };
+		struct table mt = { .ncols = 5, .right = rm };
+		const char *head[] = { "MEMBER", "CLIENT", "EPOCH", "LAST SEEN MS", "PARTITIONS" };
+		for (size_t i = 0; i < 5; i++)
+			table_add(&mt, "%s", head[i]);
+		for (size_t i = 0; i < gi->nmembers; i++) {
+			const struct ringmq_group_member *m = &gi->members[i];
+			table_add(&mt, "%s", m->member_id);
+			table_add(&mt, "%s", m->client_id[0] ? m->client_id : "-");
+			table_add(&mt, "%" PRIu32, m->epoch);
+			table_add(&mt, "%" PRIu64, m->last_seen_ms_ago);
+			char list[512] = "";
+			size_t used = 0;
+			for (size_t k = 0; k < m->nowned && used + 64 < sizeof(list); k++)
+				used += (size_t)snprintf(list + used, sizeof(list) - used, "%s%s[%d]",
+							 k ? " " : "", m->owned[k].topic,
+							 m->owned[k].partition);
+			table_add(&mt, "%s", m->nowned ? list : "-");
+		}
+		table_print(&mt);
+		putchar('\n');
+	}
+	static const bool rp[] = { false, true, true, true, true, false };
+	struct table pt = { .ncols = 6, .right = rp };
+	const char *head[] = { "TOPIC", "PARTITION", "COMMITTED", "LOG END", "LAG", "OWNER" };
+	for (size_t i = 0; i < 6; i++)
+		table_add(&pt, "%s", head[i]);
+	for (size_t i = 0; i < gi->nparts; i++) {
+		const struct ringmq_group_partition *p = &gi->parts[i];
+		table_add(&pt, "%s", p->topic);
+		table_add(&pt, "%" PRId32, p->partition);
+		if (p->committed >= 0)
+			table_add(&pt, "%" PRId64, p->committed);
+		else
+			table_add(&pt, "-");
+		table_add(&pt, "%" PRId64, p->log_end);
+		table_add(&pt, "%" PRId64, p->lag);
+		table_add(&pt, "%s", p->owner[0] ? p->owner : "-");
+	}
+	table_print(&pt);
+	ringmq_groups_free(gi, 1);
+}
+
+static void group_reset(struct ringmq_admin *a, const char *name, const struct args *ar)
+{
+	struct ringmq_topic_partition *parts = NULL;
+	size_t n = 0;
+	char err[512];
+	int ret = ringmq_group_reset_offsets(a, name, ar->reset_topic,
+					     (enum ringmq_reset)ar->reset_mode, ar->reset_value,
+					     &parts, &n, err, sizeof(err));
+	if (ret != 0)
+		fail_call(ret, err);
+	if (g.json) {
+		fputs("{\"group\":", stdout);
+		json_str(name);
+		fputs(",\"offsets\":[", stdout);
+		for (size_t i = 0; i < n; i++) {
+			fputs(i ? ",{\"topic\":" : "{\"topic\":", stdout);
+			json_str(parts[i].topic);
+			printf(",\"partition\":%" PRId32 ",\"offset\":%" PRId64 "}",
+			       parts[i].partition, parts[i].offset);
+		}
+		fputs("]}\n", stdout);
+	} else {
+		static const bool r3[] = { false, true, true };
+		struct table t = { .ncols = 3, .right = r3 };
+		table_add(&t, "TOPIC");
+		table_add(&t, "PARTITION");
+		table_add(&t, "NEW OFFSET");
+		for (size_t i = 0; i < n; i++) {
+			table_add(&t, "%s", parts[i].topic);
+			table_add(&t, "%" PRId32, parts[i].partition);
+			table_add(&t, "%" PRId64, parts[i].offset);
+		}
+		table_print(&t);
+	}
+	for (size_t i = 0; i < n; i++)
+		free((char *)parts[i].topic);
+	free(parts);
+}
+
 static void say_done(const char *action, const char *name, uint32_t partitions)
 {
 	if (g.json) {
@@ -418,6 +606,69 @@ static const struct {
 	{ "--max-message-bytes", "max.message.bytes" },
 };
 
+static void set_reset(struct args *ar, const char *flag, int mode, int64_t value)
+{
+	if (ar->reset_flag != NULL)
+		usage_error("give one of --to-earliest, --to-latest, --to-offset, --to-time "
+			    "(got %s and %s)", ar->reset_flag, flag);
+	ar->reset_flag = flag;
+	ar->reset_mode = mode;
+	ar->reset_value = value;
+}
+
+/* "2026-11-29T20:51:59Z", optionally with ".123" milliseconds, "+HH:MM" or
+ * "-HH:MM" instead of Z, or a date alone (midnight UTC). Returns 0 with
+ * *ms since 1970, or -1. */
+static int parse_iso8601(const char *s, int64_t *ms)
+{
+	int y, mo, d, h = 0, mi = 0, sec = 0, n = 0;
+	if (sscanf(s, "%4d-%2d-%2d%n", &y, &mo, &d, &n) != 3 || n != 10)
+		return -1;
+	const char *p = s + n;
+	long frac_ms = 0;
+	int off_min = 0;
+	if (*p == 'T' || *p == ' ') {
+		int m = 0;
+		if (sscanf(p + 1, "%2d:%2d:%2d%n", &h, &mi, &sec, &m) != 3 || m != 8)
+			return -1;
+		p += 1 + m;
+		if (*p == '.') {
+			int digits = 0;
+			for (p++; *p >= '0' && *p <= '9'; p++, digits++)
+				if (digits < 3)
+					frac_ms = frac_ms * 10 + (*p - '0');
+			if (digits == 0)
+				return -1;
+			for (; digits < 3; digits++)
+				frac_ms *= 10;
+		}
+		if (*p == 'Z') {
+			p++;
+		} else if (*p == '+' || *p == '-') {
+			int oh, om, k = 0;
+			if (sscanf(p + 1, "%2d:%2d%n", &oh, &om, &k) != 2 || k != 5 || oh > 23 ||
+			    om > 59)
+				return -1;
+			off_min = (oh * 60 + om) * (*p == '+' ? 1 : -1);
+			p += 1 + k;
+		} else {
+			return -1; /* a time must say its zone */
+		}
+	}
+	if (*p != '\0' || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60 ||
+	    y < 1970)
+		return -1;
+	/* Days since 1970 by the civil calendar (no time zone involved). */
+	int yy = mo <= 2 ? y - 1 : y;
+	int era = yy / 400, yoe = yy - era * 400;
+	int doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+	int doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+	int64_t days = (int64_t)era * 146097 + doe - 719468;
+	int64_t secs = days * 86400 + h * 3600 + mi * 60 + sec - (int64_t)off_min * 60;
+	*ms = secs * 1000 + frac_ms;
+	return 0;
+}
+
 static void add_setting(struct args *ar, const char *flag, const char *key, const char *value)
 {
 	if (ar->nsettings == SETTINGS_MAX)
@@ -493,6 +744,34 @@ static void parse_args(int argc, char **argv, struct args *ar, const char **brok
 				ar->setting_flag = "--partitions";
 			continue;
 		}
+		if (is_opt(a, "--topic")) {
+			ar->reset_topic = opt_value(argc, argv, &i, "--topic");
+			continue;
+		}
+		if (strcmp(a, "--to-earliest") == 0 || strcmp(a, "--to-latest") == 0) {
+			set_reset(ar, a, a[5] == 'e' ? RINGMQ_RESET_EARLIEST : RINGMQ_RESET_LATEST,
+				  0);
+			continue;
+		}
+		if (is_opt(a, "--to-offset")) {
+			const char *v = opt_value(argc, argv, &i, "--to-offset");
+			char *end;
+			errno = 0;
+			long long n = strtoll(v, &end, 10);
+			if (v[0] < '0' || v[0] > '9' || *end != '\0' || errno != 0)
+				usage_error("--to-offset takes an offset (a whole number), not '%s'", v);
+			set_reset(ar, "--to-offset", RINGMQ_RESET_OFFSET, n);
+			continue;
+		}
+		if (is_opt(a, "--to-time")) {
+			const char *v = opt_value(argc, argv, &i, "--to-time");
+			int64_t ms;
+			if (parse_iso8601(v, &ms) != 0)
+				usage_error("--to-time takes an ISO 8601 time such as "
+					    "2026-11-29T20:00:00Z, not '%s'", v);
+			set_reset(ar, "--to-time", RINGMQ_RESET_TIME, ms);
+			continue;
+		}
 		if (is_opt(a, "--config")) {
 			const char *v = opt_value(argc, argv, &i, "--config");
 			const char *eq = strchr(v, '=');
@@ -541,7 +820,8 @@ int main(int argc, char **argv)
 
 	/* Check the command before connecting anywhere. */
 	const char *w0 = ar.words[0], *w1 = ar.nwords > 1 ? ar.words[1] : NULL;
-	enum { CREATE, LIST, DESCRIBE, ALTER, DELETE, STATUS } cmd;
+	enum { CREATE, LIST, DESCRIBE, ALTER, DELETE, STATUS, G_LIST, G_DESCRIBE, G_RESET,
+	       G_DELETE } cmd;
 	if (strcmp(w0, "topic") == 0) {
 		if (w1 == NULL)
 			usage_error("topic: missing a subcommand (create, list, describe, alter, "
@@ -567,6 +847,30 @@ int main(int argc, char **argv)
 		} else {
 			usage_error("unknown command 'topic %s'", w1);
 		}
+	} else if (strcmp(w0, "group") == 0) {
+		if (w1 == NULL)
+			usage_error("group: missing a subcommand (list, describe, reset-offsets, "
+				    "delete)");
+		if (strcmp(w1, "list") == 0) {
+			cmd = G_LIST;
+			expect(&ar, 2, "", false);
+		} else if (strcmp(w1, "describe") == 0) {
+			cmd = G_DESCRIBE;
+			expect(&ar, 3, "GROUP", false);
+		} else if (strcmp(w1, "delete") == 0) {
+			cmd = G_DELETE;
+			expect(&ar, 3, "GROUP", false);
+		} else if (strcmp(w1, "reset-offsets") == 0) {
+			cmd = G_RESET;
+			expect(&ar, 3, "GROUP", false);
+			if (ar.reset_topic == NULL)
+				usage_error("group reset-offsets: missing --topic T");
+			if (ar.reset_flag == NULL)
+				usage_error("group reset-offsets: missing --to-earliest, --to-latest, "
+					    "--to-offset N or --to-time ISO8601");
+		} else {
+			usage_error("unknown command 'group %s'", w1);
+		}
 	} else if (strcmp(w0, "broker") == 0) {
 		if (w1 == NULL || strcmp(w1, "status") != 0)
 			usage_error("unknown command 'broker%s%s'", w1 ? " " : "", w1 ? w1 : "");
@@ -575,6 +879,9 @@ int main(int argc, char **argv)
 	} else {
 		usage_error("unknown command '%s'", w0);
 	}
+	if (cmd != G_RESET && (ar.reset_flag != NULL || ar.reset_topic != NULL))
+		usage_error("%s applies only to group reset-offsets",
+			    ar.reset_flag ? ar.reset_flag : "--topic");
 
 	struct ringmq_config *cfg = ringmq_config_new();
 	if (cfg == NULL)
@@ -634,6 +941,27 @@ int main(int argc, char **argv)
 		break;
 	case STATUS:
 		broker_status(a);
+		break;
+	case G_LIST:
+		group_list(a);
+		break;
+	case G_DESCRIBE:
+		group_describe(a, name);
+		break;
+	case G_DELETE:
+		ret = ringmq_group_delete(a, name, err, sizeof(err));
+		if (ret != 0)
+			fail_call(ret, err);
+		if (g.json) {
+			fputs("{\"group\":", stdout);
+			json_str(name);
+			fputs(",\"result\":\"deleted\"}\n", stdout);
+		} else {
+			printf("deleted group '%s'\n", name);
+		}
+		break;
+	case G_RESET:
+		group_reset(a, name, &ar);
 		break;
 	}
 	ringmq_admin_free(a);

@@ -53,7 +53,7 @@
 static const char usage_text[] =
 	"Usage: mqcat [-b HOST:PORT] -P -t TOPIC [-p PARTITION] [-K DELIM]\n"
 	"             [--acks 0|1|all] [-X KEY=VALUE]...\n"
-	"       mqcat [-b HOST:PORT] -C -t TOPIC [-p PARTITION] [-o OFFSET] [-e]\n"
+	"       mqcat [-b HOST:PORT] -C -t TOPIC [-p PARTITION | -G GROUP] [-o OFFSET] [-e]\n"
 	"             [-c COUNT] [-f FORMAT] [-K DELIM] [-X KEY=VALUE]...\n"
 	"\n"
 	"Produce (-P): every line of stdin becomes one message (without its newline;\n"
@@ -69,6 +69,12 @@ static const char usage_text[] =
 	"  -b HOST:PORT[,...]  the broker (default: $RINGMQ_BROKERS, else 127.0.0.1:9400)\n"
 	"  -t TOPIC            the topic (required)\n"
 	"  -p PARTITION        only this partition\n"
+	"  -G GROUP            -C: consume as a member of consumer group GROUP: the\n"
+	"                      group shares the partitions among its members and\n"
+	"                      remembers what was read (committed as it goes and on\n"
+	"                      exit); -o beginning|end says where a new group starts\n"
+	"                      (default beginning); with -e, exit once every partition\n"
+	"                      it holds is read to its end\n"
 	"  -K DELIM            -P: the part of a line before the first DELIM is the key,\n"
 	"                      the rest the value; lines without DELIM have no key.\n"
 	"                      -C (without -f): print KEY DELIM VALUE, or VALUE alone\n"
@@ -586,6 +592,86 @@ static int run_consume(struct ringmq_config *cfg, const struct ringmq_topic_info
 	return 0;
 }
 
+/* A group member: the group assigns partitions, and commits record what was
+ * printed. With -e it stops once every partition it holds is read to its end
+ * (or it held none for a few seconds: other members have them all). */
+static int run_consume_group(struct ringmq_config *cfg, const char *group, const char *offset,
+			     bool exit_at_end, long long count)
+{
+	char err[512];
+	if (g.partition >= 0)
+		usage_error("-p and -G do not go together: the group assigns partitions");
+	if (offset != NULL && strcmp(offset, "beginning") != 0 && strcmp(offset, "end") != 0)
+		usage_error("with -G, -o takes beginning or end (where a new group starts)");
+	if (ringmq_config_set(cfg, "auto.offset.reset",
+			      offset && strcmp(offset, "end") == 0 ? "latest" : "earliest", err,
+			      sizeof(err)) != 0)
+		fail("%s", err);
+	struct ringmq_consumer *c = ringmq_consumer_new(cfg, err, sizeof(err));
+	if (c == NULL)
+		fail("%s", err);
+	const char *topics[] = { g.topic };
+	int ret = ringmq_consumer_subscribe(c, group, topics, 1, err, sizeof(err));
+	if (ret != 0)
+		fail_call(ret, err);
+	struct sigaction sa = { .sa_handler = on_signal }, old;
+	sigemptyset(&sa.sa_mask);
+	int sigs[] = { SIGINT, SIGTERM };
+	for (size_t i = 0; i < 2; i++)
+		if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+			sigaction(sigs[i], &sa, NULL);
+	setvbuf(stdout, NULL, _IOFBF, 1u << 20);
+	long long printed = 0;
+	int64_t failing_since = -1, unassigned_since = mono_ms();
+	while (!stop_signal && (count < 0 || printed < count)) {
+		size_t n = 0;
+		size_t max = count >= 0 && count - printed < POLL_MAX ? (size_t)(count - printed)
+								       : POLL_MAX;
+		ret = ringmq_consumer_poll(c, POLL_TIMEOUT_MS, msgs, max, &n, err, sizeof(err));
+		if (ret == RINGMQ_ERR_TRANSPORT || ret == RINGMQ_ERR_TIMEOUT) {
+			int64_t now = mono_ms();
+			if (failing_since < 0)
+				failing_since = now;
+			if (now - failing_since >= g.request_timeout_ms)
+				fail_call(ret, err);
+			continue;
+		}
+		if (ret != 0)
+			fail("%s", err[0] ? err : ringmq_strerror(ret));
+		failing_since = -1;
+		for (size_t i = 0; i < n; i++)
+			print_message(&msgs[i]);
+		printed += (long long)n;
+		if (n > 0 && fflush(stdout) != 0)
+			fail("cannot write to stdout: %s", strerror(errno));
+		if (!exit_at_end || n > 0)
+			continue;
+		struct ringmq_topic_partition *tps;
+		size_t np;
+		if (ringmq_consumer_assignment(c, &tps, &np) != 0)
+			fail("out of memory");
+		bool all = np > 0;
+		for (size_t i = 0; all && i < np; i++) {
+			int64_t next = -1, log_end = -1;
+			ringmq_consumer_position(c, tps[i].topic, tps[i].partition, &next, &log_end);
+			all = log_end >= 0 && next >= log_end;
+		}
+		free(tps);
+		if (np > 0)
+			unassigned_since = mono_ms();
+		if (all || (np == 0 && mono_ms() - unassigned_since > 5000))
+			break;
+	}
+	if (fflush(stdout) != 0)
+		fail("cannot write to stdout: %s", strerror(errno));
+	/* Commit what was printed and leave, so the partitions move at once. */
+	ret = ringmq_consumer_close(c, err, sizeof(err));
+	ringmq_consumer_free(c);
+	if (ret != 0)
+		fail("commit on exit failed: %s", err[0] ? err : ringmq_strerror(ret));
+	return 0;
+}
+
 /* ---- the command line ---- */
 
 struct xset {
@@ -609,6 +695,7 @@ int main(int argc, char **argv)
 	bool exit_at_end = false;
 	long long count = -1, num;
 	const char *consume_only = NULL;
+	const char *group = NULL;
 	xs = calloc((size_t)argc, sizeof(*xs));
 	if (xs == NULL)
 		fail("out of memory");
@@ -671,8 +758,9 @@ int main(int argc, char **argv)
 			break;
 		}
 		case 'G':
-			usage_error("-G: consumer groups are not supported yet; consume without -G "
-				    "(every partition, or one with -p)");
+			group = optarg;
+			consume_only = "-G";
+			break;
 		case 'h':
 			fputs(usage_text, stdout);
 			return 0;
@@ -764,6 +852,8 @@ int main(int argc, char **argv)
 
 	if (mode == 'P')
 		ret = run_produce(cfg);
+	else if (group != NULL)
+		ret = run_consume_group(cfg, group, offset, exit_at_end, count);
 	else
 		ret = run_consume(cfg, ti, offset ? offset : "beginning", exit_at_end, count);
 	ringmq_topics_free(ti, 1);

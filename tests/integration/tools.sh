@@ -130,8 +130,8 @@ want 2 "$MQADM" "${B[@]}" topic create other --config novalue
 err_has "--config takes KEY=VALUE"
 want 2 "$MQADM" "${B[@]}" topic list --flush never
 err_has "--flush applies only to topic create and topic alter"
-want 2 "$MQADM" "${B[@]}" group list
-err_is "mqadm: unknown command 'group' (see mqadm --help)"
+want 2 "$MQADM" "${B[@]}" group frob
+err_is "mqadm: unknown command 'group frob' (see mqadm --help)"
 want 2 "$MQADM" "${B[@]}"
 want 2 "$MQADM" -b nowhere topic list
 err_has "'nowhere' is not HOST:PORT"
@@ -260,8 +260,8 @@ want 1 "$MQCAT" "${B[@]}" -P -t nope </dev/null
 err_is "mqcat: topic 'nope' does not exist"
 want 1 "$MQCAT" "${B[@]}" -C -t orders -p 3
 err_is "mqcat: topic 'orders' has no partition 3 (it has 3)"
-want 2 "$MQCAT" "${B[@]}" -C -t orders -G inventory
-err_has "mqcat: -G: consumer groups are not supported yet"
+want 2 "$MQCAT" "${B[@]}" -C -t orders -G inventory -p 1
+err_has "-p and -G do not go together"
 want 2 "$MQCAT" "${B[@]}" -t orders
 err_has "give -P to produce or -C to consume"
 want 2 "$MQCAT" "${B[@]}" -P -C -t orders
@@ -286,6 +286,69 @@ err_has "1 of 1 messages were too large to send, the first on line 1"
 for acks in 0 1 all; do
 	seq 1 1000 | want 0 "$MQCAT" "${B[@]}" -P -t orders -p 0 --acks "$acks" -X linger.ms=1
 done
+
+step "consumer groups"
+want 0 "$MQADM" "${B[@]}" topic create events --partitions 3 --flush never
+seq 1 3000 | sed 's/^/e/' | want 0 "$MQCAT" "${B[@]}" -P -t events
+# Two groups: each reads every message (fan-out).
+want 0 "$MQCAT" "${B[@]}" -C -t events -G inventory -e
+[ "$(sort "$T/out" | uniq | wc -l)" -eq 3000 ] || fail "inventory read $(wc -l <"$T/out") lines"
+want 0 "$MQCAT" "${B[@]}" -C -t events -G notification -e
+[ "$(wc -l <"$T/out")" -eq 3000 ] || fail "notification read $(wc -l <"$T/out") lines"
+# A group resumes where it committed: only new messages.
+seq 1 10 | sed 's/^/n/' | want 0 "$MQCAT" "${B[@]}" -P -t events
+want 0 "$MQCAT" "${B[@]}" -C -t events -G inventory -e
+[ "$(sort "$T/out" | tr '\n' ' ')" = "n1 n10 n2 n3 n4 n5 n6 n7 n8 n9 " ] ||
+	fail "inventory resumed with: $(cat "$T/out")"
+want 0 "$MQADM" "${B[@]}" group list
+grep -Eq '^inventory +empty +0$' "$T/out" || fail "group list: $(cat "$T/out")"
+want 0 "$MQADM" "${B[@]}" --json group describe inventory
+json 'd["state"] == "empty" and d["lag"] == 0 and len(d["partitions"]) == 3'
+json 'all(p["committed"] == p["log_end"] or p["log_end"] == 0 for p in d["partitions"])'
+# With a live member, reset is refused; once it left, it works.
+"$MQCAT" "${B[@]}" -C -t events -G inventory >/dev/null 2>"$T/member.err" &
+MEMBER=$!
+for _ in $(seq 50); do
+	run "$MQADM" "${B[@]}" --json group describe inventory
+	"$PY" -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["members"] else 1)' \
+		"$T/out" && break
+	sleep 0.1
+done
+want 0 "$MQADM" "${B[@]}" group describe inventory
+grep -Eq '^members +1$' "$T/out" || fail "describe with a member: $(cat "$T/out")"
+want 1 "$MQADM" "${B[@]}" group reset-offsets inventory --topic events --to-earliest
+err_is "mqadm: group 'inventory' has 1 live members; stop them first"
+want 1 "$MQADM" "${B[@]}" group delete inventory
+err_has "live members"
+kill -TERM "$MEMBER"
+wait "$MEMBER" || fail "mqcat -G did not exit 0 on SIGTERM: $(cat "$T/member.err")"
+want 0 "$MQADM" "${B[@]}" group reset-offsets inventory --topic events --to-earliest
+want 0 "$MQADM" "${B[@]}" --json group describe inventory
+json 'd["lag"] == 3010 and all(p["committed"] == 0 for p in d["partitions"])'
+want 0 "$MQADM" "${B[@]}" group reset-offsets inventory --topic events --to-latest
+want 0 "$MQADM" "${B[@]}" --json group describe inventory
+json 'd["lag"] == 0'
+# Offsets are clamped to each partition's range; keyless messages went to
+# whichever partitions the producer picked, so expect from the ends.
+want 0 "$MQADM" "${B[@]}" --json topic describe events
+ENDS=$("$PY" -c 'import json,sys; print(" ".join(str(p["log_end"]) for p in json.load(open(sys.argv[1]))["partitions"]))' "$T/out")
+want 0 "$MQADM" "${B[@]}" --json group reset-offsets inventory --topic events --to-offset 5
+json '[o["offset"] for o in d["offsets"]] == [min(5, int(e)) for e in "'"$ENDS"'".split()]'
+want 0 "$MQCAT" "${B[@]}" -C -t events -G inventory -e
+WANT=$("$PY" -c 'import sys; print(sum(max(0, int(e) - 5) for e in sys.argv[1:]))' $ENDS)
+[ "$(wc -l <"$T/out")" -eq "$WANT" ] || fail "after --to-offset 5 read $(wc -l <"$T/out"), want $WANT"
+want 0 "$MQADM" "${B[@]}" group reset-offsets inventory --topic events \
+	--to-time 2000-01-01T00:00:00Z
+want 0 "$MQADM" "${B[@]}" --json group describe inventory
+json 'd["lag"] == 3010'
+want 2 "$MQADM" "${B[@]}" group reset-offsets inventory --topic events --to-time yesterday
+err_has "--to-time takes an ISO 8601 time"
+want 2 "$MQADM" "${B[@]}" group reset-offsets inventory --topic events
+err_has "missing --to-earliest"
+want 0 "$MQADM" "${B[@]}" group delete inventory
+want 1 "$MQADM" "${B[@]}" group describe inventory
+err_is "mqadm: group 'inventory' does not exist"
+want 0 "$MQADM" "${B[@]}" topic delete events
 
 step "topic alter"
 want 0 "$MQADM" "${B[@]}" topic alter orders --partitions 4 --retention-ms 3600000 \
