@@ -116,6 +116,7 @@ struct conn {
 	/* output */
 	struct obuf *out_head, *out_tail;
 	uint64_t out_bytes;
+	uint64_t building_bytes;       /* response buffers of fetches still reading the log */
 	struct iovec iov[CONN_IOV_MAX];
 	struct msghdr msg;
 	/* requests received and not yet answered */
@@ -167,6 +168,7 @@ struct loop {
 	uint64_t next_conn_id;
 	struct conn *blocked;  /* conns holding a produce until staging frees */
 	uint32_t nhttp;
+	struct http_conn *https; /* open HTTP connections, oldest last */
 	/* timers */
 	struct timer_heap timers;
 	int64_t next_tick_ms;
@@ -205,6 +207,9 @@ void conn_ref(struct conn *c);
 void conn_unref(struct conn *c);
 /* A request of c finished (answered or dropped): may unblock its input. */
 void conn_request_done(struct conn *c);
+/* Response bytes being built for c count against max.buffered.bytes. */
+void conn_reserve(struct conn *c, uint64_t bytes);
+void conn_unreserve(struct conn *c, uint64_t bytes);
 /* Processes held-back input of conns waiting for staging room. */
 void conn_retry_blocked(struct loop *l);
 void conn_check_idle(struct loop *l, int64_t now);
@@ -282,5 +287,7 @@ void groups_metrics(struct loop *l, struct pw *w);
 
 /* ---- http.c ---- */
 void http_accept(struct loop *l, int fd);
+/* Ends HTTP connections that have had their time. */
+void http_check_idle(struct loop *l, int64_t now);
 
 #endif

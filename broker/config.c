@@ -200,6 +200,8 @@ void broker_config_default(struct broker_config *cfg)
 	cfg->recv_buffer_bytes = 16u << 10;
 	cfg->max_wait_ms_limit = 60000;
 	cfg->http_max_connections = 64;
+	cfg->http_timeout_ms = 10000;
+	cfg->shutdown_timeout_ms = 10000;
 	struct topic_config *tc = &cfg->topic_defaults;
 	tc->partitions = 1;
 	log_config_default(&tc->log);
@@ -225,6 +227,8 @@ static const struct ukey u32_keys[] = {
 	UKEY("recv.buffer.bytes", recv_buffer_bytes, 4096, 1u << 20, true),
 	UKEY("max.wait.ms", max_wait_ms_limit, 0, 3600000, false),
 	UKEY("http.max.connections", http_max_connections, 1, 10000, false),
+	UKEY("http.timeout.ms", http_timeout_ms, 100, 3600000, false),
+	UKEY("shutdown.timeout.ms", shutdown_timeout_ms, 0, 3600000, false),
 	UKEY("test.fsync.delay.ms", test_fsync_delay_ms, 0, 10000, false),
 	UKEY("test.drop.after.append", test_drop_after_append, 0, 1000000, false),
 };

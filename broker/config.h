@@ -59,6 +59,8 @@ struct broker_config {
 	uint32_t recv_buffer_bytes;
 	uint32_t max_wait_ms_limit;      /* longest fetch long poll allowed */
 	uint32_t http_max_connections;
+	uint32_t http_timeout_ms;        /* an HTTP client's whole exchange */
+	uint32_t shutdown_timeout_ms;    /* longest a stop waits for clients to read */
 	uint32_t test_fsync_delay_ms;    /* tests only: delay every fdatasync */
 	uint32_t test_drop_after_append; /* tests only: every Nth produce is appended,
 					    then its connection closed unanswered */

@@ -94,13 +94,18 @@ static void pause_recv(struct conn *c)
 	if (c->recv_armed) {
 		struct io_uring_sqe *sqe = ioq_sqe(&c->loop->q, &cancel_op);
 		io_uring_prep_cancel(sqe, &c->recv_op, 0);
+		/* Now, not at the next wait: until the kernel sees the cancel,
+		 * the multishot receive keeps refilling buffers with this
+		 * connection's data, all of which would have to be held. */
+		ioq_submit(&c->loop->q);
 	}
 }
 
 static bool must_hold(const struct conn *c)
 {
 	const struct broker_config *cfg = c->loop->cfg;
-	return c->inflight >= cfg->max_inflight_requests || c->out_bytes > cfg->max_buffered_bytes;
+	return c->inflight >= cfg->max_inflight_requests ||
+	       c->out_bytes + c->building_bytes > cfg->max_buffered_bytes;
 }
 
 static void blocked_add(struct conn *c)
@@ -154,9 +159,12 @@ static int in_reserve(struct conn *c, size_t more)
 	size_t need = c->in_len + more;
 	if (need <= c->in_cap)
 		return 0;
-	/* Held input is one frame plus what arrived before a cancel took
-	 * effect; anything beyond that is a client outrunning the limits. */
-	size_t limit = (size_t)c->loop->cfg->max_frame_bytes + 4 * (size_t)c->loop->buf_size;
+	/* Held input is one frame plus what the receive had delivered when
+	 * the pause took effect: completions already posted, each holding a
+	 * provided buffer of its own, so at most all of them (the cancel goes
+	 * in at once: no buffer is refilled for this connection after it). */
+	size_t limit = (size_t)c->loop->cfg->max_frame_bytes +
+		       (size_t)c->loop->nbufs * c->loop->buf_size;
 	if (need > limit)
 		return -EMSGSIZE;
 	size_t cap = c->in_cap ? c->in_cap : 4096;
@@ -403,6 +411,19 @@ void conn_request_done(struct conn *c)
 {
 	bool was_held = must_hold(c);
 	c->inflight--;
+	if (was_held && !must_hold(c))
+		process_held(c);
+}
+
+void conn_reserve(struct conn *c, uint64_t bytes)
+{
+	c->building_bytes += bytes;
+}
+
+void conn_unreserve(struct conn *c, uint64_t bytes)
+{
+	bool was_held = must_hold(c);
+	c->building_bytes -= bytes;
 	if (was_held && !must_hold(c))
 		process_held(c);
 }

@@ -47,6 +47,7 @@ struct fetch_req {
 	struct proto_fetch_resp_part *rparts;
 	struct fetch_part *parts;
 	struct pw w;
+	uint64_t reserved;      /* of w, counted in c->building_bytes */
 	uint32_t reads_pending;
 	int read_err;
 	/* a consumer-group member's identity, checked on every answer */
@@ -232,6 +233,9 @@ static void reads_finished(struct fetch_req *fr)
 			      strerror(-fr->read_err));
 	else
 		conn_send_pw(c, &fr->w);
+	/* Queued (now in out_bytes) or dropped: no longer being built. */
+	conn_unreserve(c, fr->reserved);
+	fr->reserved = 0;
 	fetch_free(fr);
 }
 
@@ -303,6 +307,8 @@ static void respond(struct fetch_req *fr)
 		read_done(&fr->parts[0].read_op, -ENOMEM, 0);
 		return;
 	}
+	fr->reserved = fr->w.cap;
+	conn_reserve(fr->c, fr->reserved);
 	fr->reads_pending = 1; /* held while submitting */
 	for (uint32_t i = 0; i < fr->nparts; i++) {
 		struct fetch_part *fp = &fr->parts[i];
@@ -385,6 +391,46 @@ void fetch_cancel_conn(struct conn *c)
 	}
 }
 
+struct pkey {
+	const char *name;
+	uint32_t len, partition;
+};
+
+static int pkey_cmp(const void *a, const void *b)
+{
+	const struct pkey *x = a, *y = b;
+	if (x->partition != y->partition)
+		return x->partition < y->partition ? -1 : 1;
+	if (x->len != y->len)
+		return x->len < y->len ? -1 : 1;
+	return memcmp(x->name, y->name, x->len);
+}
+
+/* 1 if the request names a partition twice, 0 if not, -ENOMEM. A repeated
+ * partition would be read and counted towards min_bytes once per mention,
+ * and a parked request would sit on its wait list once per mention: every
+ * append would then cost mentions x parts, which a hostile client can make
+ * quadratic in the size of one request. */
+static int has_duplicates(const struct proto_fetch_req *req, uint32_t nparts)
+{
+	if (nparts < 2)
+		return 0;
+	struct pkey *k = malloc(nparts * sizeof(*k));
+	if (k == NULL)
+		return -ENOMEM;
+	uint32_t n = 0;
+	for (uint32_t ti = 0; ti < req->ntopics; ti++)
+		for (uint32_t pi = 0; pi < req->topics[ti].nparts; pi++)
+			k[n++] = (struct pkey){ req->topics[ti].name.p, req->topics[ti].name.len,
+						req->topics[ti].parts[pi].partition };
+	qsort(k, n, sizeof(*k), pkey_cmp);
+	int dup = 0;
+	for (uint32_t i = 1; i < n && !dup; i++)
+		dup = pkey_cmp(&k[i - 1], &k[i]) == 0;
+	free(k);
+	return dup;
+}
+
 void handle_fetch(struct conn *c, uint32_t corr, const struct proto_fetch_req *req)
 {
 	struct loop *l = c->loop;
@@ -398,6 +444,12 @@ void handle_fetch(struct conn *c, uint32_t corr, const struct proto_fetch_req *r
 		      req->ntopics * sizeof(struct proto_fetch_resp_topic) +
 		      nparts * (sizeof(struct proto_fetch_resp_part) + sizeof(struct fetch_part)) +
 		      names + req->group.len + req->member_id.len + 16;
+	int dup = has_duplicates(req, nparts);
+	if (dup != 0) {
+		respond_error(c, API_FETCH, corr, dup > 0 ? ERR_INVALID_REQUEST : ERR_BUSY,
+			      dup > 0 ? "a partition is named twice" : "out of memory");
+		return;
+	}
 	struct fetch_req *fr = calloc(1, size);
 	if (fr == NULL) {
 		respond_error(c, API_FETCH, corr, ERR_BUSY, "out of memory");
@@ -406,7 +458,14 @@ void handle_fetch(struct conn *c, uint32_t corr, const struct proto_fetch_req *r
 	fr->c = c;
 	fr->corr = corr;
 	fr->min_bytes = req->min_bytes;
-	fr->max_bytes = req->max_bytes ? req->max_bytes : 1;
+	/* No response may outgrow what one connection may buffer (nor the
+	 * frame size): a few bytes of request must not pin 64 MiB. A fetch
+	 * still returns at least one whole batch, so consumers progress. */
+	uint64_t cap = l->cfg->max_buffered_bytes < l->cfg->max_frame_bytes
+			       ? l->cfg->max_buffered_bytes
+			       : l->cfg->max_frame_bytes;
+	fr->max_bytes = req->max_bytes == 0 ? 1 : req->max_bytes < cap ? req->max_bytes
+								     : (uint32_t)cap;
 	fr->heap_idx = UINT32_MAX;
 	uint32_t wait = req->max_wait_ms < l->cfg->max_wait_ms_limit ? req->max_wait_ms
 								      : l->cfg->max_wait_ms_limit;

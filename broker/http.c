@@ -15,6 +15,9 @@
 
 struct http_conn {
 	struct loop *l;
+	struct http_conn *prev, *next; /* l->https */
+	int64_t deadline_ms;
+	bool timed_out;
 	int fd;
 	struct ioq_op op;
 	char in[HTTP_REQUEST_MAX];
@@ -28,6 +31,12 @@ static void http_done(struct ioq_op *op, int res, unsigned flags);
 
 static void http_free(struct http_conn *h)
 {
+	if (h->prev != NULL)
+		h->prev->next = h->next;
+	else
+		h->l->https = h->next;
+	if (h->next != NULL)
+		h->next->prev = h->prev;
 	h->l->nhttp--;
 	close(h->fd);
 	pw_free(&h->out);
@@ -231,6 +240,17 @@ static void http_done(struct ioq_op *op, int res, unsigned flags)
 	handle(h, &req);
 }
 
+void http_check_idle(struct loop *l, int64_t now)
+{
+	for (struct http_conn *h = l->https; h != NULL; h = h->next) {
+		if (h->timed_out || now < h->deadline_ms)
+			continue;
+		/* Wakes its receive (0) or send (EPIPE); http_done frees it. */
+		h->timed_out = true;
+		shutdown(h->fd, SHUT_RDWR);
+	}
+}
+
 void http_accept(struct loop *l, int fd)
 {
 	if (l->nhttp >= l->cfg->http_max_connections) {
@@ -242,13 +262,16 @@ void http_accept(struct loop *l, int fd)
 		close(fd);
 		return;
 	}
-	/* A slow client cannot hold a slot for long: the kernel gives up on
-	 * its receive after 10 s. */
-	struct timeval tv = { .tv_sec = 10 };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	/* A slow client cannot hold a slot for long: http_check_idle ends it
+	 * after http.timeout.ms. (SO_RCVTIMEO would not: io_uring waits for
+	 * socket readiness by polling and never sleeps in the receive.) */
 	h->l = l;
 	h->fd = fd;
+	h->deadline_ms = now_ms() + l->cfg->http_timeout_ms;
+	h->next = l->https;
+	if (l->https != NULL)
+		l->https->prev = h;
+	l->https = h;
 	l->nhttp++;
 	arm(h);
 }

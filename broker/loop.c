@@ -365,6 +365,7 @@ static void tick(struct loop *l, int64_t now)
 	topics_tick(l, now);
 	groups_tick(l, now);
 	conn_check_idle(l, now);
+	http_check_idle(l, now);
 	/* Re-arm listeners that stopped (e.g. out of file descriptors). */
 	arm_accept(l, false);
 	arm_accept(l, true);
@@ -389,15 +390,19 @@ static void drain(struct loop *l)
 		timer_del(l, fr);
 		fetch_expire(l, fr);
 	}
-	/* Give appends, fdatasyncs and queued responses up to 10 s. */
-	int64_t deadline = now_ms() + 10000;
+	/* Appends and fdatasyncs always finish: what was staged is written
+	 * and made durable whatever the clients do. Clients get up to
+	 * shutdown.timeout.ms to take their answers; one that stopped reading
+	 * must not hold the stop for ever. */
+	int64_t deadline = now_ms() + l->cfg->shutdown_timeout_ms;
 	for (;;) {
 		log_env_flush(l->env);
-		bool busy = log_env_staged(l->env) > 0 || worker_pending(l->worker) > 0;
+		bool storage = log_env_staged(l->env) > 0 || worker_pending(l->worker) > 0;
+		bool clients = false;
 		for (struct conn *c = l->conns.next; c != &l->conns; c = c->next)
 			if (c->inflight > 0 || c->out_bytes > 0)
-				busy = true;
-		if (!busy || now_ms() > deadline)
+				clients = true;
+		if (!storage && (!clients || now_ms() > deadline))
 			break;
 		ioq_wait(&l->q, 50);
 		topics_poll_deletes(l);
