@@ -356,6 +356,7 @@ static void test_failed_segment_start(void **state)
 	struct fx *f = *state;
 	f->fault.hook = hook;
 	f->cfg.segment_bytes = 1024;
+	f->cfg.preallocate = true; /* the failure injected is its fallocate */
 	open_log(f);
 	uint32_t len;
 	uint8_t *b = tu_batch(3, 200, 5, 5, false, &len); /* one per segment */

@@ -83,6 +83,7 @@ static int setup(void **state)
 	tu_env_init(&t);
 	f->dir = tu_tmpdir("mqdump");
 	tu_config(&cfg, 2048);
+	cfg.preallocate = true; /* mqdump must tell unwritten space from data */
 	if (log_open(t.env, f->dir, &cfg, &log, NULL) != 0)
 		return -1;
 	for (uint32_t i = 0; i < NBATCHES; i++) {
