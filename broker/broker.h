@@ -105,6 +105,7 @@ struct conn {
 	char peer[64];
 	uint32_t refs;
 	bool closed;                   /* no more input or output; waits for refs */
+	bool closing;                  /* closes once the output queued so far is sent */
 	bool recv_armed;
 	bool recv_paused;              /* backpressure: not reading the socket */
 	bool send_inflight;
@@ -203,6 +204,9 @@ void conn_send(struct conn *c, uint8_t *data, uint32_t len);
 /* Queues the frame in w (a dynamic writer whose buffer passes to the conn). */
 void conn_send_pw(struct conn *c, struct pw *w);
 void conn_close(struct conn *c, const char *why);
+/* Reads no more, and closes once what is queued now has been sent; output
+ * queued later is dropped. */
+void conn_close_after_send(struct conn *c, const char *why);
 void conn_ref(struct conn *c);
 void conn_unref(struct conn *c);
 /* A request of c finished (answered or dropped): may unblock its input. */
@@ -256,7 +260,7 @@ struct partition *partition_lookup(struct loop *l, struct pstr topic, uint32_t i
  * records, replayed at start-up and compacted by writing a snapshot of the
  * current offsets and deleting the segments before it. */
 struct offset_rec {
-	const char *group;
+	const char *group; /* NULL: every group forgets the topic (it was deleted) */
 	const char *topic; /* NULL: the group is deleted */
 	uint32_t partition;
 	uint64_t offset;
@@ -264,7 +268,14 @@ struct offset_rec {
 /* Opens the store and replays it through groups_apply(). Start-up only. */
 int offsets_open(struct loop *l);
 void offsets_close(struct loop *l);
-/* Appends records; done(arg, 0) once durable, done(arg, -errno) if not. */
+/* Most records one append may carry: a reset of the largest topic fits,
+ * and so does the batch in a segment. */
+#define OFFSETS_APPEND_MAX 20000u
+/* Appends records (copied: the caller's may go at once); done(arg, 0) once
+ * durable, done(arg, -errno) if not (at once, inside this call, if the store
+ * has failed). Returns -EINVAL (bad names, n out of 1..OFFSETS_APPEND_MAX)
+ * or another -errno without calling done. Records appended in order become durable,
+ * and are replayed, in that order. */
 int offsets_append(struct loop *l, const struct offset_rec *recs, size_t n,
 		   void (*done)(void *arg, int err), void *arg);
 void offsets_tick(struct loop *l, int64_t now);
@@ -272,12 +283,15 @@ void offsets_tick(struct loop *l, int64_t now);
 /* ---- groups.c: the consumer-group coordinator ---- */
 int groups_init(struct loop *l);
 void groups_fini(struct loop *l);
-/* Replays one stored record into the in-memory state (start-up). */
+/* Applies one durable record of the store to the in-memory state: at
+ * start-up, and when a topic deletion is stored. */
 void groups_apply(struct loop *l, const struct offset_rec *rec);
 /* Calls fn for every committed offset (for the store's snapshots). */
 void groups_each_offset(struct loop *l, void (*fn)(void *arg, const struct offset_rec *rec),
 			void *arg);
 void groups_tick(struct loop *l, int64_t now);
+/* A topic was created, grown or deleted: groups reading it rebalance. */
+void groups_topics_changed(struct loop *l);
 void handle_group_request(struct conn *c, uint16_t api, uint32_t corr,
 			  const union proto_request *req);
 /* ERR_NONE if the member may fetch that partition, else why not. */

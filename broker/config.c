@@ -236,6 +236,7 @@ static const struct ukey u32_keys[] = {
 static const struct ukey u64_keys[] = {
 	UKEY("max.buffered.bytes", max_buffered_bytes, 65536, 1ull << 34, true),
 	UKEY("staging.bytes", staging_bytes, 1u << 20, 1ull << 34, true),
+	UKEY("test.offsets.compact.bytes", test_offsets_compact_bytes, 4u << 20, 1ull << 34, true),
 };
 
 static int set_string(char *dst, size_t cap, const char *key, const char *value, char *why,

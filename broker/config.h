@@ -64,6 +64,7 @@ struct broker_config {
 	uint32_t test_fsync_delay_ms;    /* tests only: delay every fdatasync */
 	uint32_t test_drop_after_append; /* tests only: every Nth produce is appended,
 					    then its connection closed unanswered */
+	uint64_t test_offsets_compact_bytes; /* tests only: compact the offsets store sooner */
 	/* defaults for new topics */
 	struct topic_config topic_defaults;
 };

@@ -124,7 +124,7 @@ static size_t process(struct conn *c, const uint8_t *p, size_t len)
 {
 	const struct broker_config *cfg = c->loop->cfg;
 	size_t off = 0;
-	while (!c->closed && len - off >= FRAME_SIZE_FIELD) {
+	while (!c->closed && !c->closing && len - off >= FRAME_SIZE_FIELD) {
 		uint32_t flen;
 		int ret = proto_frame_peek(p + off, len - off, FRAME_SIZE_MIN_REQ,
 					   cfg->max_frame_bytes, &flen);
@@ -350,14 +350,16 @@ static void send_done(struct ioq_op *op, int res, unsigned flags)
 		free(b);
 	}
 	kick_send(c);
-	if (was_held && !must_hold(c))
+	if (c->closing && c->out_head == NULL)
+		conn_close(c, NULL);
+	else if (was_held && !must_hold(c))
 		process_held(c);
 	conn_unref(c);
 }
 
 void conn_send(struct conn *c, uint8_t *data, uint32_t len)
 {
-	if (c->closed) {
+	if (c->closed || c->closing) {
 		free(data);
 		return;
 	}
@@ -397,7 +399,7 @@ void conn_send_pw(struct conn *c, struct pw *w)
 /* Runs input held back by backpressure, then reads the socket again. */
 static void process_held(struct conn *c)
 {
-	if (c->closed || c->on_blocked || must_hold(c))
+	if (c->closed || c->closing || c->on_blocked || must_hold(c))
 		return;
 	if (c->in_len > 0)
 		in_consumed(c, process(c, c->in, c->in_len));
@@ -456,6 +458,18 @@ void conn_close(struct conn *c, const char *why)
 		io_uring_prep_cancel(sqe, &c->recv_op, 0);
 	}
 	conn_unref(c);
+}
+
+void conn_close_after_send(struct conn *c, const char *why)
+{
+	if (c->closed || c->closing)
+		return;
+	if (why != NULL)
+		say_info("connection %s: %s; closing it", c->peer, why);
+	c->closing = true;
+	pause_recv(c);
+	if (c->out_head == NULL && !c->send_inflight)
+		conn_close(c, NULL);
 }
 
 void conn_check_idle(struct loop *l, int64_t now)

@@ -70,8 +70,10 @@ struct group {
 	struct gpart *parts;
 	uint32_t nparts, cap;
 	uint64_t rebalances;
-	bool dirty;              /* membership or subscriptions changed */
+	bool dirty;              /* membership, subscriptions or topics changed */
 	uint32_t pending_commits; /* commits in flight: keep the group */
+	bool admin_pending;      /* a delete or reset waits for the store: no joins,
+				    no member-less commits until it is done */
 };
 
 struct groups {
@@ -377,6 +379,16 @@ void groups_tick(struct loop *l, int64_t now)
 void groups_apply(struct loop *l, const struct offset_rec *rec)
 {
 	struct groups *gs = l->groups;
+	if (rec->group == NULL) {
+		/* The topic was deleted: a topic created later under its name
+		 * starts afresh for every group. */
+		for (uint32_t s = 0; s < gs->nslots; s++)
+			for (struct group *g = gs->slots[s]; g; g = g->hnext)
+				for (uint32_t i = 0; i < g->nparts; i++)
+					if (strcmp(g->parts[i].topic, rec->topic) == 0)
+						g->parts[i].committed = -1;
+		return;
+	}
 	size_t gl = strlen(rec->group);
 	if (rec->topic == NULL) {
 		struct group *g = group_find(gs, rec->group, gl);
@@ -388,6 +400,15 @@ void groups_apply(struct loop *l, const struct offset_rec *rec)
 	struct gpart *p = g ? part_get(g, rec->topic, strlen(rec->topic), rec->partition) : NULL;
 	if (p != NULL)
 		p->committed = (int64_t)rec->offset;
+}
+
+void groups_topics_changed(struct loop *l)
+{
+	struct groups *gs = l->groups;
+	for (uint32_t s = 0; s < gs->nslots; s++)
+		for (struct group *g = gs->slots[s]; g; g = g->hnext)
+			if (g->nmembers > 0)
+				g->dirty = true;
 }
 
 void groups_each_offset(struct loop *l, void (*fn)(void *arg, const struct offset_rec *rec),
@@ -412,7 +433,8 @@ static bool group_name_ok(struct conn *c, uint16_t api, uint32_t corr, struct ps
 	if (topic_name_valid(name.p, name.len))
 		return true;
 	respond_error(c, api, corr, ERR_INVALID_GROUP,
-		      "group name '%.*s' is invalid: use 1 to 200 of A-Z a-z 0-9 . _ -",
+		      "group name '%.*s' is invalid: use 1 to 200 of A-Z a-z 0-9 . _ -, "
+		      "not starting with '.'",
 		      (int)(name.len > 200 ? 200 : name.len), name.p);
 	return false;
 }
@@ -448,6 +470,11 @@ static void handle_join(struct conn *c, uint32_t corr, const struct proto_join_g
 	struct group *g = group_get(l->groups, req->group.p, req->group.len);
 	if (g == NULL) {
 		respond_error(c, API_JOIN_GROUP, corr, ERR_LIMIT_EXCEEDED, "too many groups");
+		return;
+	}
+	if (g->admin_pending) {
+		respond_error(c, API_JOIN_GROUP, corr, ERR_BUSY,
+			      "group %s is being deleted or reset; try again", g->name);
 		return;
 	}
 	struct gmember *m = req->member_id.len ? member_find(g, req->member_id) : NULL;
@@ -653,8 +680,26 @@ static void handle_commit(struct conn *c, uint32_t corr, const struct proto_comm
 			      "group %s has %u live members: only they may commit", g->name,
 			      g->nmembers);
 		return;
+	} else if (g != NULL && g->admin_pending) {
+		respond_error(c, API_COMMIT_OFFSETS, corr, ERR_BUSY,
+			      "group %s is being deleted or reset; try again", g->name);
+		return;
 	}
 	uint32_t n = req->nparts;
+	if (n > OFFSETS_APPEND_MAX) {
+		respond_error(c, API_COMMIT_OFFSETS, corr, ERR_INVALID_REQUEST,
+			      "a commit may name at most %u partitions, not %u", OFFSETS_APPEND_MAX,
+			      n);
+		return;
+	}
+	/* The group must exist before the commit is stored, or it would be
+	 * answered and never seen. */
+	g = group_get(l->groups, req->group.p, req->group.len);
+	if (g == NULL) {
+		respond_error(c, API_COMMIT_OFFSETS, corr, ERR_LIMIT_EXCEEDED,
+			      "the broker holds %u groups, its limit", GROUPS_MAX);
+		return;
+	}
 	size_t names = 0;
 	for (uint32_t i = 0; i < n; i++)
 		names += req->parts[i].topic.len + 1;
@@ -711,9 +756,7 @@ static void handle_commit(struct conn *c, uint32_t corr, const struct proto_comm
 		commit_done(cr, 0);
 		return;
 	}
-	g = group_get(l->groups, req->group.p, req->group.len);
-	if (g != NULL)
-		g->pending_commits++;
+	g->pending_commits++;
 	int ret = offsets_append(l, cr->recs, nrec, commit_done, cr);
 	if (ret != 0)
 		commit_done(cr, ret);
@@ -806,7 +849,7 @@ static void handle_describe_group(struct conn *c, uint32_t corr,
 			continue; /* a partition of a deleted topic, never committed */
 		gp[np++] = (struct proto_group_part){
 			pstr_c(p->topic), p->partition, p->committed,
-			pp ? log_visible_end(pp->log) : 0,
+			pp ? log_start(pp->log) : 0, pp ? log_visible_end(pp->log) : 0,
 			p->owner ? pstr_c(p->owner->id) : pstr_c(""),
 		};
 	}
@@ -834,6 +877,8 @@ static void admin_done(void *arg, int err)
 	struct conn *c = ga->c;
 	struct loop *l = c->loop;
 	struct group *g = group_find(l->groups, ga->group, strlen(ga->group));
+	if (g != NULL)
+		g->admin_pending = false;
 	if (err != 0) {
 		respond_error(c, ga->api, ga->corr, err_from_errno(err),
 			      "the change could not be stored: %s", strerror(-err));
@@ -874,9 +919,9 @@ static struct group *idle_group(struct conn *c, uint16_t api, uint32_t corr, str
 			      g->nmembers);
 		return NULL;
 	}
-	if (g->pending_commits > 0) {
-		respond_error(c, api, corr, ERR_BUSY, "group '%s' has commits in flight; try again",
-			      g->name);
+	if (g->pending_commits > 0 || g->admin_pending) {
+		respond_error(c, api, corr, ERR_BUSY,
+			      "group '%s' has commits or changes in flight; try again", g->name);
 		return NULL;
 	}
 	return g;
@@ -900,6 +945,7 @@ static void handle_delete_group(struct conn *c, uint32_t corr,
 	c->inflight++;
 	conn_ref(c);
 	struct offset_rec rec = { ga->group, NULL, 0, 0 };
+	g->admin_pending = true;
 	int ret = offsets_append(c->loop, &rec, 1, admin_done, ga);
 	if (ret != 0)
 		admin_done(ga, ret);
@@ -965,6 +1011,7 @@ static void handle_reset(struct conn *c, uint32_t corr, const struct proto_reset
 	}
 	c->inflight++;
 	conn_ref(c);
+	g->admin_pending = true;
 	int ret = offsets_append(l, ga->recs, ga->n, admin_done, ga);
 	if (ret != 0)
 		admin_done(ga, ret);
@@ -1029,8 +1076,10 @@ void groups_metrics(struct loop *l, struct pw *w)
 				if (pp == NULL)
 					continue;
 				uint64_t end = log_visible_end(pp->log);
-				uint64_t from = p->committed >= 0 ? (uint64_t)p->committed
-								  : log_start(pp->log);
+				/* Messages retention deleted cannot be consumed: not lag. */
+				uint64_t from = log_start(pp->log);
+				if (p->committed > (int64_t)from)
+					from = (uint64_t)p->committed;
 				EMIT("ringmq_group_lag{group=\"%s\",topic=\"%s\",partition=\"%u\"} "
 				     "%" PRIu64 "\n", g->name, p->topic, p->partition,
 				     end > from ? end - from : 0);

@@ -203,7 +203,8 @@ static void accept_done(struct ioq_op *op, int res, unsigned flags)
 			close(res);
 		else
 			conn_accept(l, res);
-	} else if (res != -ECANCELED && res != -EINTR) {
+	} else if (res != -ECANCELED && res != -EINTR && !l->stopping) {
+		/* (While stopping, the listener's shutdown ends the accept.) */
 		say_warn("accept failed: %s", strerror(-res));
 	}
 	arm_accept(l, false);
@@ -219,7 +220,8 @@ static void http_accept_done(struct ioq_op *op, int res, unsigned flags)
 			close(res);
 		else
 			http_accept(l, res);
-	} else if (res != -ECANCELED && res != -EINTR) {
+	} else if (res != -ECANCELED && res != -EINTR && !l->stopping) {
+		/* (While stopping, the listener's shutdown ends the accept.) */
 		say_warn("http accept failed: %s", strerror(-res));
 	}
 	arm_accept(l, true);

@@ -10,11 +10,20 @@
  *   key 'C' u16 group-len group u16 topic-len topic u32 partition,
  *       value u64 offset                   a commit
  *   key 'D' u16 group-len group, no value  the group was deleted
+ *   key 'T' u16 topic-len topic, no value  the topic was deleted: every
+ *                                           group forgets its offsets
  *   key 'S', value u64 base                a snapshot starting at base is whole
  * Start-up replays the log in order. Compaction appends a snapshot of every
  * current offset, then a marker; once the marker is durable, the segments
  * wholly before the snapshot are deleted. A crash in between leaves the old
  * segments, whose replay ends in the same state.
+ *
+ * The groups see a record only once it is durable (G3), so a snapshot of
+ * their state taken while records are in flight would miss those records,
+ * and would be replayed after them: a commit would go back, a deleted group
+ * return. So compaction is a barrier: new records queue while the ones in
+ * flight become durable, the snapshot is taken when none are, and the queue
+ * is appended after it.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -30,26 +39,43 @@
 #include "storage/batch.h"
 
 #define OFFSETS_DIR ".offsets"
-/* Compact when the log is this large and four times the live state. */
+/* Compact when the log is this large (default) and four times the live state. */
 #define COMPACT_MIN_BYTES (64ull << 20)
-#define SNAPSHOT_BATCH_BYTES (1u << 20)
 
-struct offsets {
-	struct log *log;
-	uint64_t live_bytes;      /* size of a snapshot of the current state */
-	bool compacting;
-	uint64_t snapshot_base;
-};
-
-struct append_wait {
-	struct log_waiter w;
+/* Records that arrived during a compaction barrier, appended after it. */
+struct queued {
+	struct queued *next;
+	struct offset_rec *recs;
+	size_t n;
 	void (*done)(void *arg, int err);
 	void *arg;
 };
 
+struct offsets {
+	struct log *log;
+	uint64_t compact_bytes;
+	uint64_t snapshot_batch_bytes; /* well inside a segment */
+	uint32_t inflight;        /* appends not yet durable */
+	bool barrier;             /* a compaction waits for inflight to reach 0 */
+	bool compacting;          /* its snapshot is not yet durable */
+	uint64_t snapshot_base;
+	struct queued *queue, **queue_tail;
+};
+
+struct append_wait {
+	struct log_waiter w;
+	struct loop *l;
+	void (*done)(void *arg, int err);
+	void *arg;
+};
+
+static void compact(struct loop *l);
+
 static size_t rec_key_len(const struct offset_rec *r)
 {
-	size_t n = 1 + 2 + strlen(r->group);
+	size_t n = 1 + 2;
+	if (r->group)
+		n += strlen(r->group);
 	if (r->topic)
 		n += 2 + strlen(r->topic) + 4;
 	return n;
@@ -57,7 +83,16 @@ static size_t rec_key_len(const struct offset_rec *r)
 
 static size_t rec_encode_key(uint8_t *k, const struct offset_rec *r)
 {
-	size_t gl = strlen(r->group), n = 0;
+	size_t n = 0;
+	if (r->group == NULL) {
+		size_t tl = strlen(r->topic);
+		k[n++] = 'T';
+		le16_store(k + n, (uint16_t)tl);
+		n += 2;
+		memcpy(k + n, r->topic, tl);
+		return n + tl;
+	}
+	size_t gl = strlen(r->group);
 	k[n++] = r->topic ? 'C' : 'D';
 	le16_store(k + n, (uint16_t)gl);
 	n += 2;
@@ -85,9 +120,18 @@ static int rec_decode(const struct batch_record *br, struct offset_rec *r, char 
 		return -1;
 	if (k[0] == 'S')
 		return 1;
-	if ((k[0] != 'C' && k[0] != 'D') || end - k < 3)
+	if ((k[0] != 'C' && k[0] != 'D' && k[0] != 'T') || end - k < 3)
 		return -1;
 	uint16_t gl = le16_load(k + 1);
+	if (k[0] == 'T') {
+		if (gl == 0 || gl > TOPIC_NAME_MAX || (size_t)(end - k) != 3u + gl ||
+		    br->value_len != 0)
+			return -1;
+		memcpy(tbuf, k + 3, gl);
+		tbuf[gl] = '\0';
+		*r = (struct offset_rec){ NULL, tbuf, 0, 0 };
+		return 0;
+	}
 	if (gl == 0 || gl > TOPIC_NAME_MAX || (size_t)(end - k) < 3u + gl)
 		return -1;
 	memcpy(gbuf, k + 3, gl);
@@ -114,9 +158,14 @@ static int rec_decode(const struct batch_record *br, struct offset_rec *r, char 
 static void append_done(struct log_waiter *w, int err)
 {
 	struct append_wait *aw = (struct append_wait *)w;
+	struct loop *l = aw->l;
+	struct offsets *o = l->offsets;
 	if (aw->done)
 		aw->done(aw->arg, err);
 	free(aw);
+	/* After done: the groups have seen the record when the snapshot is taken. */
+	if (--o->inflight == 0 && o->barrier)
+		compact(l);
 }
 
 /* Appends one batch of records (and, for a snapshot marker, a marker). */
@@ -140,7 +189,7 @@ static int append_batch(struct loop *l, const struct offset_rec *recs, size_t n,
 		uint8_t val[8];
 		le64_store(val, recs[i].offset);
 		size_t kl = rec_encode_key(key, &recs[i]);
-		ret = batch_add(&b, now, key, (uint32_t)kl, val, recs[i].topic ? 8 : 0, NULL, 0);
+		ret = batch_add(&b, now, key, (uint32_t)kl, val, recs[i].group && recs[i].topic ? 8 : 0, NULL, 0);
 		if (ret != 0)
 			goto out;
 	}
@@ -158,8 +207,10 @@ static int append_batch(struct loop *l, const struct offset_rec *recs, size_t n,
 		goto out;
 	aw->w.offset = base + b.count - 1;
 	aw->w.fn = append_done;
+	aw->l = l;
 	aw->done = done;
 	aw->arg = arg;
+	o->inflight++;
 	log_wait_durable(o->log, &aw->w);
 	aw = NULL;
 out:
@@ -169,14 +220,67 @@ out:
 	return ret;
 }
 
+static char *dup_or_null(const char *s, bool *failed)
+{
+	if (s == NULL)
+		return NULL;
+	char *d = strdup(s);
+	*failed |= d == NULL;
+	return d;
+}
+
+static void queued_free(struct queued *q)
+{
+	for (size_t i = 0; i < q->n; i++) {
+		free((char *)q->recs[i].group);
+		free((char *)q->recs[i].topic);
+	}
+	free(q->recs);
+	free(q);
+}
+
+/* Copies the records (the caller's may not outlive this call) to the queue. */
+static int enqueue(struct offsets *o, const struct offset_rec *recs, size_t n,
+		   void (*done)(void *, int), void *arg)
+{
+	struct queued *q = calloc(1, sizeof(*q));
+	if (q == NULL || (q->recs = calloc(n, sizeof(*q->recs))) == NULL) {
+		free(q);
+		return -ENOMEM;
+	}
+	bool failed = false;
+	for (size_t i = 0; i < n; i++) {
+		q->recs[i] = recs[i];
+		q->recs[i].group = dup_or_null(recs[i].group, &failed);
+		q->recs[i].topic = dup_or_null(recs[i].topic, &failed);
+		q->n = i + 1;
+	}
+	if (failed) {
+		queued_free(q);
+		return -ENOMEM;
+	}
+	q->done = done;
+	q->arg = arg;
+	*o->queue_tail = q;
+	o->queue_tail = &q->next;
+	return 0;
+}
+
 int offsets_append(struct loop *l, const struct offset_rec *recs, size_t n,
 		   void (*done)(void *arg, int err), void *arg)
 {
+	if (n == 0 || n > OFFSETS_APPEND_MAX)
+		return -EINVAL;
 	for (size_t i = 0; i < n; i++) {
-		size_t gl = strlen(recs[i].group), tl = recs[i].topic ? strlen(recs[i].topic) : 1;
-		if (gl == 0 || gl > TOPIC_NAME_MAX || tl == 0 || tl > TOPIC_NAME_MAX)
+		size_t gl = recs[i].group ? strlen(recs[i].group) : 1;
+		size_t tl = recs[i].topic ? strlen(recs[i].topic) : 1;
+		if (gl == 0 || gl > TOPIC_NAME_MAX || tl == 0 || tl > TOPIC_NAME_MAX ||
+		    (recs[i].group == NULL && recs[i].topic == NULL))
 			return -EINVAL;
 	}
+	struct offsets *o = l->offsets;
+	if (o->barrier)
+		return enqueue(o, recs, n, done, arg);
 	return append_batch(l, recs, n, false, 0, done, arg);
 }
 
@@ -213,7 +317,7 @@ static void snap_add(void *arg, const struct offset_rec *rec)
 	}
 	s->recs[s->n++] = *rec;
 	s->bytes += rec_key_len(rec) + 16;
-	if (s->bytes >= SNAPSHOT_BATCH_BYTES)
+	if (s->bytes >= s->l->offsets->snapshot_batch_bytes)
 		snap_flush(s);
 }
 
@@ -231,15 +335,17 @@ static void snapshot_done(void *arg, int err)
 		 o->snapshot_base);
 }
 
+/* Runs when the barrier is up and nothing is in flight: the groups' state
+ * is then exactly what a replay of the log gives. */
 static void compact(struct loop *l)
 {
 	struct offsets *o = l->offsets;
 	struct snap s = { .l = l };
+	o->barrier = false;
 	o->compacting = true;
 	o->snapshot_base = log_end(o->log);
 	groups_each_offset(l, snap_add, &s);
 	snap_flush(&s);
-	o->live_bytes = 0;
 	if (s.err == 0)
 		s.err = append_batch(l, NULL, 0, true, o->snapshot_base, snapshot_done, l);
 	if (s.err != 0) {
@@ -247,6 +353,18 @@ static void compact(struct loop *l)
 		say_warn("offsets store: cannot write a snapshot: %s", strerror(-s.err));
 	}
 	free(s.recs);
+	/* What waited goes in after the snapshot, in the order it came. */
+	struct queued *q = o->queue;
+	o->queue = NULL;
+	o->queue_tail = &o->queue;
+	while (q != NULL) {
+		struct queued *next = q->next;
+		int err = append_batch(l, q->recs, q->n, false, 0, q->done, q->arg);
+		if (err != 0 && q->done)
+			q->done(q->arg, err);
+		queued_free(q);
+		q = next;
+	}
 }
 
 static void count_live(void *arg, const struct offset_rec *rec)
@@ -259,11 +377,14 @@ void offsets_tick(struct loop *l, int64_t now)
 	struct offsets *o = l->offsets;
 	log_tick(o->log, now);
 	uint64_t size = log_size_bytes(o->log);
-	if (o->compacting || size < COMPACT_MIN_BYTES)
+	if (o->compacting || o->barrier || size < o->compact_bytes)
 		return;
 	uint64_t live = 0;
 	groups_each_offset(l, count_live, &live);
-	if (size > 4 * live)
+	if (size <= 4 * live)
+		return;
+	o->barrier = true;
+	if (o->inflight == 0)
 		compact(l);
 }
 
@@ -345,6 +466,9 @@ int offsets_open(struct loop *l)
 	if (o == NULL)
 		return -ENOMEM;
 	l->offsets = o;
+	o->queue_tail = &o->queue;
+	o->compact_bytes = l->cfg->test_offsets_compact_bytes ? l->cfg->test_offsets_compact_bytes
+							       : COMPACT_MIN_BYTES;
 	char dir[PATH_MAX];
 	if (snprintf(dir, sizeof(dir), "%s/%s", l->cfg->data_dir, OFFSETS_DIR) >= (int)sizeof(dir))
 		return -ENAMETOOLONG;
@@ -355,7 +479,9 @@ int offsets_open(struct loop *l)
 	struct log_config cfg;
 	log_config_default(&cfg);
 	cfg.flush = LOG_FLUSH_ALWAYS;
-	cfg.segment_bytes = 16u << 20;
+	/* Small enough that a compaction frees whole segments. */
+	cfg.segment_bytes = o->compact_bytes / 4;
+	o->snapshot_batch_bytes = cfg.segment_bytes / 4;
 	cfg.retention_ms = -1;
 	cfg.segment_ms = -1;
 	struct log_recovery rep;
@@ -382,6 +508,14 @@ void offsets_close(struct loop *l)
 	struct offsets *o = l->offsets;
 	if (o == NULL)
 		return;
+	/* Only a failed store leaves records queued at exit: their commits fail. */
+	for (struct queued *q = o->queue, *next; q != NULL; q = next) {
+		next = q->next;
+		if (q->done)
+			q->done(q->arg, -ESHUTDOWN);
+		queued_free(q);
+	}
+	o->queue = NULL;
 	if (o->log) {
 		int ret = log_close(o->log);
 		if (ret != 0)

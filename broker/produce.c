@@ -42,8 +42,9 @@ static void produce_finish(struct produce_req *pr)
 	struct conn *c = pr->c;
 	uint32_t drop = c->loop->cfg->test_drop_after_append;
 	if (drop > 0 && ++c->loop->produce_requests % drop == 0 && !c->closed) {
-		/* Tests: the batches are in the log, the reply is lost. */
-		conn_close(c, "test.drop.after.append: dropping the reply");
+		/* Tests: the batches are in the log, this reply is lost;
+		 * replies to earlier requests, already queued, still go out. */
+		conn_close_after_send(c, "test.drop.after.append: dropping the reply");
 	}
 	if (pr->acks != PROTO_ACKS_NONE && !c->closed) {
 		size_t size = 64;

@@ -426,6 +426,7 @@ static void job_done(struct loop *l, struct job *job)
 			say_info("altered topic %s (%u partitions)", t->name, t->nparts);
 		}
 		t->busy = false;
+		groups_topics_changed(l); /* new partitions get owners */
 	}
 	job_reply(j);
 	free(j->logs);
@@ -490,7 +491,8 @@ void handle_create_topic(struct conn *c, uint32_t corr, const struct proto_creat
 	const struct broker_config *cfg = l->cfg;
 	if (!topic_name_valid(req->name.p, req->name.len)) {
 		respond_error(c, API_CREATE_TOPIC, corr, ERR_INVALID_TOPIC_NAME,
-			      "topic name '%.*s' is invalid: use 1 to 200 of A-Z a-z 0-9 . _ -",
+			      "topic name '%.*s' is invalid: use 1 to 200 of A-Z a-z 0-9 . _ -, "
+			      "not starting with '.'",
 			      req->name.len > 200 ? 200 : req->name.len, req->name.p);
 		return;
 	}
@@ -580,10 +582,27 @@ void handle_alter_topic(struct conn *c, uint32_t corr, const struct proto_alter_
 
 struct delete_req {
 	struct delete_req *next;
+	struct loop *l;
 	struct topic *t;
 	struct conn *c;
 	uint32_t corr;
+	bool offsets_pending; /* the groups' offsets for it are being dropped */
 };
+
+/* The store's record that every group forgets the topic is durable: a
+ * topic created later under the name cannot inherit offsets. */
+static void offsets_dropped(void *arg, int err)
+{
+	struct delete_req *d = arg;
+	d->offsets_pending = false;
+	if (err != 0) {
+		say_error("deleting topic %s: cannot drop its group offsets: %s", d->t->name,
+			  strerror(-err));
+		return;
+	}
+	struct offset_rec rec = { NULL, d->t->name, 0, 0 };
+	groups_apply(d->l, &rec);
+}
 
 void handle_delete_topic(struct conn *c, uint32_t corr, const struct proto_delete_topic_req *req)
 {
@@ -613,6 +632,7 @@ void handle_delete_topic(struct conn *c, uint32_t corr, const struct proto_delet
 		while (p->waiters.next != &p->waiters)
 			fetch_expire(l, p->waiters.next->fr);
 	}
+	d->l = l;
 	d->t = t;
 	d->c = c;
 	d->corr = corr;
@@ -620,6 +640,12 @@ void handle_delete_topic(struct conn *c, uint32_t corr, const struct proto_delet
 	l->deletes = d;
 	c->inflight++;
 	conn_ref(c);
+	groups_topics_changed(l); /* owners release its partitions */
+	struct offset_rec rec = { NULL, t->name, 0, 0 };
+	d->offsets_pending = true;
+	int err = offsets_append(l, &rec, 1, offsets_dropped, d);
+	if (err != 0)
+		offsets_dropped(d, err);
 }
 
 /* Deletions wait until their logs are idle, then drop them and hand the
@@ -629,7 +655,7 @@ void topics_poll_deletes(struct loop *l)
 	for (struct delete_req **pd = &l->deletes; *pd;) {
 		struct delete_req *d = *pd;
 		struct topic *t = d->t;
-		bool busy = false;
+		bool busy = d->offsets_pending;
 		for (uint32_t i = 0; i < t->nparts; i++)
 			busy |= t->parts[i]->log != NULL && log_busy(t->parts[i]->log);
 		if (busy) {

@@ -354,8 +354,10 @@ int ringmq_group_describe(struct ringmq_admin *a, const char *group,
 		gp->owner = dupstr(p->owner);
 		gp->partition = (int32_t)p->partition;
 		gp->committed = p->committed;
+		gp->log_start = (int64_t)p->log_start;
 		gp->log_end = (int64_t)p->log_end;
-		int64_t from = p->committed >= 0 ? p->committed : 0;
+		/* Messages retention deleted cannot be consumed: not lag. */
+		int64_t from = p->committed > gp->log_start ? p->committed : gp->log_start;
 		gp->lag = gp->log_end > from ? gp->log_end - from : 0;
 		g->nparts = i + 1;
 		oom = !gp->topic || !gp->owner;

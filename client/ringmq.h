@@ -372,8 +372,10 @@ struct ringmq_group_partition {
 	char *topic;
 	int32_t partition;
 	int64_t committed;   /* -1: nothing committed */
+	int64_t log_start;   /* the oldest offset the partition still keeps */
 	int64_t log_end;
-	int64_t lag;         /* log_end - committed (from the log start if none) */
+	int64_t lag;         /* log_end - committed, or - log_start if nothing is
+				committed (never below 0) */
 	char *owner;         /* member id, or "" */
 };
 

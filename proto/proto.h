@@ -545,7 +545,7 @@ struct proto_group_part {
 	struct pstr topic;
 	uint32_t partition;
 	int64_t committed;       /* -1: nothing committed */
-	uint64_t log_end;
+	uint64_t log_start, log_end; /* 0, 0 if its topic no longer exists */
 	struct pstr owner;       /* member id, empty if none */
 };
 

@@ -14,7 +14,7 @@ enum {
 	MIN_COMMITTED = PROTO_MIN_STR + 4 + 8,
 	MIN_GROUP_BRIEF = 2 * PROTO_MIN_STR + 4,
 	MIN_MEMBER = 2 * PROTO_MIN_STR + 4 + 8 + 4,
-	MIN_GROUP_PART = PROTO_MIN_STR + 4 + 8 + 8 + PROTO_MIN_STR,
+	MIN_GROUP_PART = PROTO_MIN_STR + 4 + 8 + 8 + 8 + PROTO_MIN_STR,
 };
 
 static int status(const struct pr *r)
@@ -275,6 +275,7 @@ int proto_group_decode_response(uint16_t api, struct pr *r, struct arena *a,
 			m->parts[i].topic = pr_str(r);
 			m->parts[i].partition = pr_u32(r);
 			m->parts[i].committed = pr_i64(r);
+			m->parts[i].log_start = pr_u64(r);
 			m->parts[i].log_end = pr_u64(r);
 			m->parts[i].owner = pr_str(r);
 		}
@@ -348,6 +349,7 @@ void proto_group_encode_response(struct pw *w, uint16_t api, const union proto_r
 			pw_str(w, m->parts[i].topic);
 			pw_u32(w, m->parts[i].partition);
 			pw_i64(w, m->parts[i].committed);
+			pw_u64(w, m->parts[i].log_start);
 			pw_u64(w, m->parts[i].log_end);
 			pw_str(w, m->parts[i].owner);
 		}

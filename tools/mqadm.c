@@ -434,8 +434,9 @@ static void group_describe(struct ringmq_admin *a, const char *name)
 			fputs(i ? ",{\"topic\":" : "{\"topic\":", stdout);
 			json_str(p->topic);
 			printf(",\"partition\":%" PRId32 ",\"committed\":%" PRId64
-			       ",\"log_end\":%" PRId64 ",\"lag\":%" PRId64 ",\"owner\":",
-			       p->partition, p->committed, p->log_end, p->lag);
+			       ",\"log_start\":%" PRId64 ",\"log_end\":%" PRId64 ",\"lag\":%" PRId64
+			       ",\"owner\":",
+			       p->partition, p->committed, p->log_start, p->log_end, p->lag);
 			json_str(p->owner);
 			putchar('}');
 		}

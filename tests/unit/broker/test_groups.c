@@ -1,7 +1,9 @@
 /* test_groups.c — the consumer-group coordinator over the wire, against a
  * real ringmqd: assignment and handover, session expiry, zombie fencing,
- * durable commits across kill -9, reset and delete. */
+ * durable commits across kill -9, reset and delete, new partitions, deleted
+ * topics, and compaction of the offsets store. */
 #include <errno.h>
+#include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -16,6 +20,13 @@
 
 #include "tests/unit/tbroker.h"
 #include "tests/unit/testutil.h"
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 struct member {
 	struct tclient c;
@@ -260,6 +271,214 @@ static void test_reset_and_delete(void **state)
 	tc_close(&a.c);
 }
 
+/* Restarts the fixture's broker on its data dir with extra config lines. */
+static void restart_with(struct fx *f, const char *conf_text)
+{
+	tc_close(&f->admin);
+	assert_int_equal(tb_stop(&f->b), 0);
+	const char *args[] = { "--config", NULL, NULL };
+	char conf[600];
+	if (conf_text != NULL) {
+		snprintf(conf, sizeof(conf), "%s/.test.conf", f->b.dir); /* not a topic */
+		FILE *cf = fopen(conf, "w");
+		assert_non_null(cf);
+		fputs(conf_text, cf);
+		fclose(cf);
+		args[1] = conf;
+	}
+	assert_int_equal(tb_start(&f->b, f->b.dir, conf_text ? args : NULL), 0);
+	assert_int_equal(tc_connect(&f->admin, f->b.addr), 0);
+}
+
+static int simple_call(struct tclient *c, uint16_t api, const union proto_request *req)
+{
+	struct proto_resp_hdr h;
+	assert_int_equal(tc_call(c, api, req, 10000, &h, NULL), 0);
+	return h.err;
+}
+
+/* Growing a topic, or creating one a member subscribes to, gives the new
+ * partitions owners without any member coming or going. */
+static void test_new_partitions_get_owners(void **state)
+{
+	struct fx *f = *state;
+	struct member a;
+	join(f, &a, "grow", 10000);
+	struct member *ms[1] = { &a };
+	settle(ms, 1, "grow");
+	assert_int_equal(a.nowned, 6);
+	union proto_request alter = { .alter_topic = { pstr_c("orders"), 9, 0, NULL } };
+	assert_int_equal(simple_call(&f->admin, API_ALTER_TOPIC, &alter), ERR_NONE);
+	for (int i = 0; i < 100 && a.nowned != 9; i++) {
+		assert_int_equal(heartbeat(&a, "grow"), 0);
+		usleep(20000);
+	}
+	assert_int_equal(a.nowned, 9);
+	assert_true(owns(&a, 8));
+	tc_close(&a.c);
+}
+
+/* Deleting a topic drops every group's offsets for it, durably: a topic
+ * created later under the name is read from its start, not from offsets
+ * that belonged to another log. */
+static void test_deleted_topic_forgets_offsets(void **state)
+{
+	struct fx *f = *state;
+	struct proto_commit_part cp = { pstr_c("orders"), 2, 5 };
+	union proto_request c = { .commit_offsets = { pstr_c("old"), pstr_c(""), 0, 1, &cp } };
+	assert_int_equal(simple_call(&f->admin, API_COMMIT_OFFSETS, &c), ERR_NONE);
+	cp.topic = pstr_c("orders");
+	union proto_request c2 = { .commit_offsets = { pstr_c("other"), pstr_c(""), 0, 1, &cp } };
+	assert_int_equal(simple_call(&f->admin, API_COMMIT_OFFSETS, &c2), ERR_NONE);
+	assert_int_equal(committed(&f->admin, "old", 2), 5);
+	union proto_request del = { .delete_topic = { pstr_c("orders") } };
+	assert_int_equal(simple_call(&f->admin, API_DELETE_TOPIC, &del), ERR_NONE);
+	assert_int_equal(committed(&f->admin, "old", 2), -1);
+	assert_int_equal(tc_create_topic(&f->admin, "orders", 6, NULL), ERR_NONE);
+	assert_int_equal(committed(&f->admin, "old", 2), -1);
+	assert_int_equal(committed(&f->admin, "other", 2), -1);
+	/* A commit to the new topic counts, and the deletion survives a restart. */
+	cp.offset = 1;
+	assert_int_equal(simple_call(&f->admin, API_COMMIT_OFFSETS, &c2), ERR_NONE);
+	restart_with(f, NULL);
+	assert_int_equal(committed(&f->admin, "old", 2), -1);
+	assert_int_equal(committed(&f->admin, "other", 2), 1);
+}
+
+/* A delete waiting for its fdatasync keeps the group closed: a member that
+ * joined then would be dropped by the acknowledged delete. */
+static void test_admin_in_flight_refuses_joins(void **state)
+{
+	struct fx *f = *state;
+	restart_with(f, "test.fsync.delay.ms = 300\n");
+	struct proto_commit_part cp = { pstr_c("orders"), 0, 3 };
+	union proto_request c = { .commit_offsets = { pstr_c("busy"), pstr_c(""), 0, 1, &cp } };
+	assert_int_equal(simple_call(&f->admin, API_COMMIT_OFFSETS, &c), ERR_NONE);
+	union proto_request del = { .delete_group = { pstr_c("busy") } };
+	uint32_t corr;
+	assert_int_equal(tc_send(&f->admin, API_DELETE_GROUP, &del, &corr), 0);
+	usleep(50000);
+	struct tclient other;
+	assert_int_equal(tc_connect(&other, f->b.addr), 0);
+	struct pstr topics[] = { pstr_c("orders") };
+	union proto_request jr = { .join_group = { pstr_c("busy"), pstr_c(""), pstr_c("t"), 10000,
+						   1, topics } };
+	assert_int_equal(simple_call(&other, API_JOIN_GROUP, &jr), ERR_BUSY);
+	assert_int_equal(simple_call(&other, API_COMMIT_OFFSETS, &c), ERR_BUSY);
+	struct proto_resp_hdr h;
+	assert_int_equal(tc_recv(&f->admin, API_DELETE_GROUP, 5000, &h, NULL), 0);
+	assert_int_equal(h.correlation_id, corr);
+	assert_int_equal(h.err, ERR_NONE);
+	assert_int_equal(committed(&f->admin, "busy", 0), -1);
+	/* Afterwards the name is free again. */
+	assert_int_equal(simple_call(&other, API_JOIN_GROUP, &jr), ERR_NONE);
+	tc_close(&other);
+}
+
+/* A commit larger than one store append is refused with a reason, not
+ * failed as a storage error. */
+static void test_commit_too_large(void **state)
+{
+	struct fx *f = *state;
+	enum { N = 20001 };
+	struct proto_commit_part *cp = calloc(N, sizeof(*cp));
+	assert_non_null(cp);
+	for (uint32_t i = 0; i < N; i++)
+		cp[i] = (struct proto_commit_part){ pstr_c("orders"), i % 6, i };
+	union proto_request c = { .commit_offsets = { pstr_c("big"), pstr_c(""), 0, N, cp } };
+	assert_int_equal(simple_call(&f->admin, API_COMMIT_OFFSETS, &c), ERR_INVALID_REQUEST);
+	c.commit_offsets.nparts = 6;
+	assert_int_equal(simple_call(&f->admin, API_COMMIT_OFFSETS, &c), ERR_NONE);
+	free(cp);
+}
+
+static bool log_has(const struct tbroker *b, const char *needle)
+{
+	FILE *fp = fopen(b->log_path, "r");
+	if (fp == NULL)
+		return false;
+	char line[1024];
+	bool found = false;
+	while (!found && fgets(line, sizeof(line), fp))
+		found = strstr(line, needle) != NULL;
+	fclose(fp);
+	return found;
+}
+
+static uint64_t dir_bytes(const char *path)
+{
+	DIR *d = opendir(path);
+	uint64_t total = 0;
+	struct dirent *e;
+	while (d && (e = readdir(d)) != NULL) {
+		char p[1024];
+		struct stat st;
+		snprintf(p, sizeof(p), "%s/%s", path, e->d_name);
+		if (e->d_name[0] != '.' && stat(p, &st) == 0 && S_ISREG(st.st_mode))
+			total += (uint64_t)st.st_blocks * 512;
+	}
+	if (d)
+		closedir(d);
+	return total;
+}
+
+/* Compaction of the offsets store while commits wait for their fdatasync:
+ * the last acknowledged commit must be what a restart finds (a snapshot
+ * taken without the commits in flight, replayed after them, would take them
+ * back). */
+static void test_compaction_keeps_acked_commits(void **state)
+{
+	struct fx *f = *state;
+	restart_with(f, "test.offsets.compact.bytes = 4M\ntest.fsync.delay.ms = 20\n");
+	enum { NP = 200 };
+	char topic[201], group[201];
+	memset(topic, 't', 200);
+	topic[200] = '\0';
+	memset(group, 'g', 200);
+	group[200] = '\0';
+	assert_int_equal(tc_create_topic(&f->admin, topic, NP, NULL), ERR_NONE);
+	struct proto_commit_part cp[NP];
+	union proto_request c = { .commit_offsets = { pstr_c(group), pstr_c(""), 0, NP, cp } };
+	uint64_t acked = 0;
+	bool compacted = false;
+	int64_t t0 = mono_ms();
+	for (uint64_t round = 1; round <= 400 && !compacted && mono_ms() - t0 < 60000; round++) {
+		for (uint32_t i = 0; i < NP; i++)
+			cp[i] = (struct proto_commit_part){ pstr_c(topic), i, round * 10 + i % 7 };
+		struct proto_resp_hdr h;
+		union proto_response r;
+		assert_int_equal(tc_call(&f->admin, API_COMMIT_OFFSETS, &c, 10000, &h, &r), 0);
+		assert_int_equal(h.err, 0);
+		for (uint32_t i = 0; i < NP; i++)
+			assert_int_equal(r.commit_offsets.parts[i].err, 0);
+		acked = round;
+		compacted = log_has(&f->b, "offsets store: compacted");
+	}
+	printf("# compacted after %" PRIu64 " commits of %d partitions\n", acked, NP);
+	assert_true(compacted);
+	char odir[700];
+	snprintf(odir, sizeof(odir), "%s/.offsets", f->b.dir);
+	/* Segments before the snapshot go at the store's next tick. */
+	uint64_t bytes = dir_bytes(odir);
+	for (int i = 0; i < 100 && bytes >= (3u << 20); i++) {
+		usleep(20000);
+		bytes = dir_bytes(odir);
+	}
+	printf("# offsets store after compaction: %" PRIu64 " KiB on disk\n", bytes >> 10);
+	assert_true(bytes < (3u << 20));
+	restart_with(f, NULL);
+	struct proto_tp tp[NP];
+	for (uint32_t i = 0; i < NP; i++)
+		tp[i] = (struct proto_tp){ pstr_c(topic), i };
+	union proto_request fo = { .fetch_offsets = { pstr_c(group), NP, tp } };
+	struct proto_resp_hdr h;
+	union proto_response r;
+	assert_int_equal(tc_call(&f->admin, API_FETCH_OFFSETS, &fo, 10000, &h, &r), 0);
+	assert_int_equal(h.err, 0);
+	for (uint32_t i = 0; i < NP; i++)
+		assert_int_equal(r.fetch_offsets.parts[i].offset, (int64_t)(acked * 10 + i % 7));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -267,6 +486,14 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_expiry_zombie_and_durable_commits, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_reset_and_delete, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_new_partitions_get_owners, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_deleted_topic_forgets_offsets, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_admin_in_flight_refuses_joins, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_commit_too_large, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_compaction_keeps_acked_commits, setup,
+						teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -881,8 +881,8 @@ static void test_group_responses(void **state)
 	assert_true(check_response(API_LIST_GROUPS, &r) > 0);
 	struct proto_group_member gm[] = { { S("m-1"), S("svc"), 4, 120, ARRAY_SIZE(tps), tps },
 					   { S("m-2"), S(""), 0, 0, 0, NULL } };
-	struct proto_group_part gp[] = { { S("orders"), 0, 17, 20, S("m-1") },
-					 { S("orders"), 1, -1, 0, S("") } };
+	struct proto_group_part gp[] = { { S("orders"), 0, 17, 3, 20, S("m-1") },
+					 { S("orders"), 1, -1, 0, 0, S("") } };
 	r.describe_group = (struct proto_describe_group_resp){ S("inventory"), S("rebalancing"),
 							       5, ARRAY_SIZE(gm), gm,
 							       ARRAY_SIZE(gp), gp };
