@@ -74,10 +74,15 @@ $(BUILD)/lib/libringmq.a: $(call obj,$(CLIENT_SRC))
 	@$(if $(Q),echo "  AR    $@")
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/lib/libringmq.so: $(call pic,$(CLIENT_SRC))
+# The file is named by its soname, which is what programs linked against
+# it look for at run time; libringmq.so is the name the linker looks for.
+$(BUILD)/lib/libringmq.so.0: $(call pic,$(CLIENT_SRC))
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD    $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -shared -Wl,-soname,libringmq.so.0 $^ -o $@ -llz4 -lxxhash -pthread
+
+$(BUILD)/lib/libringmq.so: $(BUILD)/lib/libringmq.so.0
+	$(Q)ln -sf libringmq.so.0 $@
 
 $(BUILD)/lib/pkgconfig/ringmq.pc: client/ringmq.pc.in
 	@mkdir -p $(dir $@)

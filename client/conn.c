@@ -40,6 +40,7 @@ void rc_conn_close(struct rc_conn *c)
 	c->fd = -1;
 	c->in_len = c->in_used = 0;
 	c->out_len = c->out_off = 0;
+	c->peer_closed = false;
 }
 
 void rc_conn_free(struct rc_conn *c)
@@ -275,6 +276,11 @@ int rc_conn_recv_some(struct rc_conn *c)
 {
 	if (c->fd < 0)
 		return RINGMQ_ERR_TRANSPORT;
+	if (c->peer_closed) {
+		set_err(c, RINGMQ_ERR_TRANSPORT, "connection closed by", ECONNRESET);
+		rc_conn_close(c);
+		return RINGMQ_ERR_TRANSPORT;
+	}
 	/* Drop frames already handed out. */
 	if (c->in_used > 0) {
 		memmove(c->in, c->in + c->in_used, c->in_len - c->in_used);
@@ -301,6 +307,13 @@ int rc_conn_recv_some(struct rc_conn *c)
 			return 0;
 		if (n < 0 && errno == EINTR)
 			continue;
+		if (c->in_len > 0) {
+			/* Replies that came before the close are answers all
+			 * the same (a broker acknowledges, then closes): let
+			 * the caller take them; the next call fails. */
+			c->peer_closed = true;
+			return 0;
+		}
 		set_err(c, RINGMQ_ERR_TRANSPORT, n == 0 ? "connection closed by" : "receive from",
 			n == 0 ? ECONNRESET : errno);
 		rc_conn_close(c);

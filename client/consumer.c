@@ -289,6 +289,8 @@ static int seek(struct ringmq_consumer *c, const char *topic, int32_t partition,
 	if (ret != 0)
 		return ret;
 	cp->next = off;
+	if (c->grp != NULL)
+		cp->returned = off; /* the group's position: the next commit stores it */
 	cp->epoch++;
 	cp->stopped = false;
 	cp->err = 0;
@@ -543,6 +545,17 @@ static void take_fetch(struct ringmq_consumer *c, const uint8_t *frame, uint32_t
 			if (cp == NULL || cp->stopped ||
 			    c->fetch_epochs[cp - c->parts] != cp->epoch)
 				continue; /* unassigned or sought since it was sent */
+			if (rp->err == ERR_OFFSET_OUT_OF_RANGE && c->grp != NULL) {
+				/* The group's position is gone (retention passed it,
+				 * or the topic was made anew): auto.offset.reset
+				 * says where to go on, and the next commit stores it. */
+				cp->next = c->cfg.offset_reset_latest ? (int64_t)rp->log_end
+								       : (int64_t)rp->log_start;
+				cp->returned = cp->next;
+				cp->epoch++;
+				cp->log_end = (int64_t)rp->log_end;
+				continue;
+			}
 			if (rp->err != 0) {
 				part_fail(cp, rc_err_from_broker(rp->err), "%s[%u]: %.*s", cp->topic,
 					  cp->partition, (int)rp->msg.len, rp->msg.p);
@@ -678,7 +691,12 @@ int ringmq_consumer_poll(struct ringmq_consumer *c, int timeout_ms, struct ringm
 			if (due < left)
 				left = due;
 		} else if (c->fetch_corr == 0) {
-			continue;
+			/* No fetch could be sent: every partition is stopped (by
+			 * an error, until a seek), so nothing can come. Wait out
+			 * the timeout instead of spinning through it. */
+			struct timespec ts = { left / 1000, (long)(left % 1000) * 1000000 };
+			nanosleep(&ts, NULL);
+			return 0;
 		}
 		rc_poll(c->conn.fd, rc_conn_want_send(&c->conn), -1, left);
 		if (rc_conn_send_some(&c->conn) != 0 || rc_conn_recv_some(&c->conn) != 0) {

@@ -194,7 +194,14 @@ int group_next_due(struct ringmq_consumer *c)
 
 /* ---- commits ---- */
 
-/* The partitions with returned messages not yet committed. */
+/* The position moved (messages returned, a seek, a reset) since the last
+ * commit: != rather than >, since a seek back is committed too. */
+static bool moved(const struct cpart *cp)
+{
+	return cp->returned >= 0 && cp->returned != cp->committed;
+}
+
+/* The partitions whose position moved since they were last committed. */
 static size_t uncommitted(struct ringmq_consumer *c, struct proto_commit_part **out)
 {
 	size_t n = 0;
@@ -203,7 +210,7 @@ static size_t uncommitted(struct ringmq_consumer *c, struct proto_commit_part **
 		return 0;
 	for (size_t i = 0; i < c->nparts; i++) {
 		struct cpart *cp = &c->parts[i];
-		if (cp->returned >= 0 && cp->returned > cp->committed)
+		if (moved(cp))
 			(*out)[n++] = (struct proto_commit_part){ pstr_c(cp->topic), cp->partition,
 								  (uint64_t)cp->returned };
 	}
@@ -415,7 +422,7 @@ static bool in_target(const struct cgroup *g, const char *topic, uint32_t partit
 /* Where a newly assigned partition starts: the committed offset, else
  * auto.offset.reset. */
 static int start_offsets(struct ringmq_consumer *c, struct gtp *add, size_t n, int64_t *out,
-			 char *errstr, size_t errlen)
+			 bool *from_commit, char *errstr, size_t errlen)
 {
 	struct cgroup *g = c->grp;
 	struct proto_tp *tps = calloc(n, sizeof(*tps));
@@ -438,6 +445,7 @@ static int start_offsets(struct ringmq_consumer *c, struct gtp *add, size_t n, i
 		}
 	}
 	for (size_t i = 0; i < n; i++) {
+		from_commit[i] = out[i] >= 0;
 		if (out[i] >= 0)
 			continue;
 		struct proto_lo_part p = { add[i].partition,
@@ -476,7 +484,7 @@ static int apply_target(struct ringmq_consumer *c, char *errstr, size_t errlen)
 		if (in_target(g, cp->topic, cp->partition))
 			continue;
 		gone[ngone++] = (struct gtp){ cp->topic, cp->partition };
-		if (cp->returned >= 0 && cp->returned > cp->committed)
+		if (moved(cp))
 			parts[nparts++] = (struct proto_commit_part){ pstr_c(cp->topic),
 								      cp->partition,
 								      (uint64_t)cp->returned };
@@ -501,23 +509,30 @@ static int apply_target(struct ringmq_consumer *c, char *errstr, size_t errlen)
 	/* Given: start at the committed offsets. */
 	struct gtp *add = calloc(g->ntarget ? g->ntarget : 1, sizeof(*add));
 	int64_t *off = calloc(g->ntarget ? g->ntarget : 1, sizeof(*off));
+	bool *from_commit = calloc(g->ntarget ? g->ntarget : 1, sizeof(*from_commit));
 	size_t nadd = 0;
-	ret = add && off ? 0 : RINGMQ_ERR_NO_MEMORY;
+	ret = add && off && from_commit ? 0 : RINGMQ_ERR_NO_MEMORY;
 	for (size_t i = 0; ret == 0 && i < g->ntarget; i++)
 		if (consumer_find_part(c, g->target[i].topic, strlen(g->target[i].topic),
 				       g->target[i].partition) == NULL)
 			add[nadd++] = g->target[i];
 	if (ret == 0 && nadd > 0)
-		ret = start_offsets(c, add, nadd, off, errstr, errlen);
+		ret = start_offsets(c, add, nadd, off, from_commit, errstr, errlen);
 	for (size_t i = 0; ret == 0 && i < nadd; i++) {
 		ret = consumer_add_part(c, add[i].topic, add[i].partition, off[i]);
-		if (ret == 0)
+		/* A start taken from auto.offset.reset is committed like any
+		 * position: else a group that read nothing before stopping would
+		 * start from the end again next time and skip what came between. */
+		if (ret == 0 && from_commit[i])
 			c->parts[c->nparts - 1].committed = off[i];
+		else if (ret == 0)
+			c->parts[c->nparts - 1].returned = off[i];
 	}
 	if (ret == 0)
 		rebalance_cb(c, RINGMQ_ASSIGNED, add, nadd);
 	free(add);
 	free(off);
+	free(from_commit);
 	if (ret == 0) {
 		g->have_target = false;
 		g->next_hb_ms = 0; /* tell the broker what it holds now */

@@ -72,6 +72,7 @@ struct rc_conn {
 	uint8_t *in;            /* received bytes */
 	size_t in_len, in_cap;
 	size_t in_used;         /* bytes of frames already returned */
+	bool peer_closed;       /* EOF seen; the frames before it are handed out first */
 	uint8_t *out;           /* encoded, not yet sent */
 	size_t out_len, out_off, out_cap;
 	char err[256];          /* why the last connect or I/O failed */

@@ -37,6 +37,13 @@
  * partition never builds a frame near the broker's limit. */
 #define REQUEST_BYTES_MAX (4u << 20)
 
+/* The broker recognises a retried batch among the last 8 it appended for a
+ * producer and partition (PSTATE_RECENT). An idempotent producer keeps no
+ * more unacknowledged batches of one partition on their way, whatever
+ * max.in.flight says, so that a retry after a lost connection is always
+ * recognised instead of refused as out of sequence. */
+#define IDEMPOTENT_WINDOW 8
+
 struct ptopic;
 
 struct pbatch {
@@ -62,6 +69,7 @@ struct ppart {
 	struct pbatch *q_head, *q_tail;  /* closed, not acknowledged, in sequence order */
 	struct pbatch *next_send;        /* first queued batch not yet sent (or NULL) */
 	uint32_t next_seq;               /* for the next batch sealed */
+	uint64_t pid;                    /* producer id of its batches; 0 until the first */
 };
 
 struct ptopic {
@@ -100,6 +108,7 @@ struct ringmq_producer {
 	bool stop;                   /* mu: I/O thread must exit */
 	bool conn_down;              /* mu: the last connection attempt failed */
 	uint64_t producer_id;
+	uint64_t rng;                /* xorshift state for sticky partitions; under mu */
 	/* I/O thread only */
 	struct rc_conn conn;
 	struct preq *inflight;
@@ -231,15 +240,31 @@ static int wait_metadata(struct ringmq_producer *p, struct ptopic *t, int64_t de
 	return err;
 }
 
-static uint32_t pick_partition(struct ptopic *t, const void *key, size_t key_len)
+/* Sticky partitions are re-picked once per closed batch: a getrandom call
+ * each time showed in profiles, and they need to be spread, not secret. */
+static uint64_t next_random(struct ringmq_producer *p)
+{
+	p->rng ^= p->rng << 13;
+	p->rng ^= p->rng >> 7;
+	p->rng ^= p->rng << 17;
+	return p->rng;
+}
+
+static uint32_t pick_partition(struct ringmq_producer *p, struct ptopic *t, const void *key,
+			       size_t key_len)
 {
 	if (key_len > 0)
 		return (uint32_t)(XXH3_64bits(key, key_len) % t->nparts);
 	if (!t->sticky_set) {
-		t->sticky = (uint32_t)(random_id() % t->nparts);
+		t->sticky = (uint32_t)(next_random(p) % t->nparts);
 		t->sticky_set = true;
 	}
 	return t->sticky;
+}
+
+static int64_t block_deadline(const struct ringmq_producer *p, int64_t deadline)
+{
+	return deadline >= 0 ? deadline : rc_now_ms() + p->cfg.max_block_ms;
 }
 
 int ringmq_produce(struct ringmq_producer *p, const char *topic, int32_t partition,
@@ -268,7 +293,8 @@ int ringmq_produce(struct ringmq_producer *p, const char *topic, int32_t partiti
 		clock_gettime(CLOCK_REALTIME, &ts);
 		timestamp_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 	}
-	int64_t deadline = rc_now_ms() + p->cfg.max_block_ms;
+	/* Read the clock for max.block.ms only when about to wait: most calls never do. */
+	int64_t deadline = -1;
 
 	pthread_mutex_lock(&p->mu);
 	int ret = 0;
@@ -288,11 +314,12 @@ int ringmq_produce(struct ringmq_producer *p, const char *topic, int32_t partiti
 		goto out;
 	}
 	if (t->nparts == 0) {
+		deadline = block_deadline(p, deadline);
 		ret = wait_metadata(p, t, deadline);
 		if (ret != 0)
 			goto out;
 	}
-	uint32_t part = partition == RINGMQ_PARTITION_ANY ? pick_partition(t, key, key_len)
+	uint32_t part = partition == RINGMQ_PARTITION_ANY ? pick_partition(p, t, key, key_len)
 							   : (uint32_t)partition;
 	if (part >= t->nparts) {
 		ret = RINGMQ_ERR_UNKNOWN_PARTITION;
@@ -328,6 +355,7 @@ int ringmq_produce(struct ringmq_producer *p, const char *topic, int32_t partiti
 				     : need + BATCH_HEADER_SIZE;
 		/* (P3): wait for room, or fail at once, per block.on.buffer.full. */
 		while (p->mem + cap > p->cfg.buffer_memory && p->mem > 0 && !p->closing) {
+			deadline = block_deadline(p, deadline);
 			if (!p->cfg.block_on_full || rc_now_ms() >= deadline) {
 				ret = RINGMQ_ERR_QUEUE_FULL;
 				goto out;
@@ -350,6 +378,10 @@ int ringmq_produce(struct ringmq_producer *p, const char *topic, int32_t partiti
 			ret = RINGMQ_ERR_NO_MEMORY;
 			goto out;
 		}
+		/* The I/O thread may be asleep with a timeout computed before
+		 * this batch existed (up to 1 s with nothing open): it must
+		 * learn of the new linger deadline now. */
+		wake(p);
 	}
 out:
 	pthread_mutex_unlock(&p->mu);
@@ -449,7 +481,9 @@ static void dequeue(struct pbatch *b)
 static void seal(struct ringmq_producer *p, struct pbatch *b)
 {
 	struct ppart *pp = &b->topic->parts[b->partition];
-	uint64_t pid = p->cfg.idempotence ? p->producer_id : 0;
+	if (pp->pid == 0)
+		pp->pid = p->producer_id;
+	uint64_t pid = p->cfg.idempotence ? pp->pid : 0;
 	uint32_t seq = pp->next_seq;
 	pp->next_seq += b->count;
 	b->wire = b->buf;
@@ -472,12 +506,23 @@ static void seal(struct ringmq_producer *p, struct pbatch *b)
  * that has one (P1: one batch per partition per request, in queue order, so
  * the base offset the broker returns for a partition is that batch's, even
  * when the broker answers it as a duplicate). Caller holds mu. */
+static bool window_full(const struct ringmq_producer *p, const struct ppart *pp)
+{
+	uint32_t n = 0;
+	if (!p->cfg.idempotence)
+		return false;
+	for (const struct pbatch *b = pp->q_head; b && b != pp->next_send; b = b->next)
+		if (++n >= IDEMPOTENT_WINDOW)
+			return true;
+	return false;
+}
+
 static void send_produce(struct ringmq_producer *p)
 {
 	uint32_t ntopics = 0, nparts = 0;
 	for (struct ptopic *t = p->topics; t; t = t->next)
 		for (uint32_t i = 0; i < t->nparts; i++)
-			if (t->parts[i].next_send != NULL)
+			if (t->parts[i].next_send != NULL && !window_full(p, &t->parts[i]))
 				nparts++;
 	if (nparts == 0)
 		return;
@@ -504,7 +549,7 @@ static void send_produce(struct ringmq_producer *p)
 		uint32_t first = k;
 		for (uint32_t i = 0; i < t->nparts && bytes < REQUEST_BYTES_MAX; i++) {
 			struct pbatch *b = t->parts[i].next_send;
-			if (b == NULL)
+			if (b == NULL || window_full(p, &t->parts[i]))
 				continue;
 			if (!b->sealed)
 				seal(p, b);
@@ -565,24 +610,23 @@ static void resend_all(struct ringmq_producer *p)
 	p->ninflight = 0;
 }
 
-/* A new producer id: every unacknowledged batch is sealed again with fresh
- * sequences from 0 and sent again. Caller holds mu. */
-static void rebase_producer(struct ringmq_producer *p)
+/* A new producer id for one partition: its unacknowledged batches are
+ * sealed again with sequences from 0 and sent again. One partition only:
+ * other partitions' batches in flight may be in the log already, and under
+ * a new id they would be appended twice. This partition's later batches in
+ * flight were refused as out of sequence, so sending them again is safe.
+ * Caller holds mu. */
+static void rebase_partition(struct ppart *pp)
 {
-	p->producer_id = random_id();
-	for (struct ptopic *t = p->topics; t; t = t->next) {
-		for (uint32_t i = 0; i < t->nparts; i++) {
-			struct ppart *pp = &t->parts[i];
-			pp->next_seq = 0;
-			for (struct pbatch *b = pp->q_head; b; b = b->next) {
-				if (b->wire != b->buf)
-					free(b->wire);
-				b->wire = NULL;
-				b->sealed = false;
-			}
-		}
+	pp->pid = random_id();
+	pp->next_seq = 0;
+	for (struct pbatch *b = pp->q_head; b; b = b->next) {
+		if (b->wire != b->buf)
+			free(b->wire);
+		b->wire = NULL;
+		b->sealed = false;
 	}
-	resend_all(p);
+	resend_partition(pp);
 }
 
 /* While no broker can be reached, batches older than delivery.timeout.ms
@@ -624,7 +668,7 @@ static struct preq *take_req(struct ringmq_producer *p, uint32_t corr)
 /* Applies a produce response. Caller holds mu; reports are collected. */
 static void on_produce(struct ringmq_producer *p, struct preq *rq, const struct proto_resp_hdr *h,
 		       const struct proto_produce_resp *resp, struct report **reps, size_t *nrep,
-		       size_t *cap, bool *rebase)
+		       size_t *cap)
 {
 	for (uint32_t i = 0; i < rq->n; i++) {
 		struct pbatch *b = rq->batches[i];
@@ -650,7 +694,7 @@ static void on_produce(struct ringmq_producer *p, struct preq *rq, const struct 
 			/* Nothing before it is pending, yet the broker expects
 			 * another sequence: it lost or evicted this producer's
 			 * state. Start over under a new producer id. */
-			*rebase = true;
+			rebase_partition(pp);
 			continue;
 		}
 		if (err != 0 && (rc_err_retriable(err) || err == RINGMQ_ERR_OUT_OF_ORDER_SEQUENCE) &&
@@ -730,9 +774,17 @@ static int close_due(struct ringmq_producer *p, int64_t now)
 				continue;
 			int64_t due = b->created_ms + p->cfg.linger_ms;
 			bool full = b->b.len + 64 >= b->cap;
-			if (all || full || due <= now)
+			/* While every request slot is taken, a batch whose linger
+			 * is over keeps filling instead: closed now, it would only
+			 * wait in the queue, and with one batch per partition per
+			 * request (P1) many small batches cut throughput to
+			 * max.in.flight of them per round trip (per fdatasync with
+			 * acks=all). The reply that frees a slot wakes us; with
+			 * acks=0 slots free as soon as requests are written. */
+			bool slot = p->ninflight < p->cfg.max_in_flight;
+			if (all || full || (due <= now && slot))
 				batch_close(t, i);
-			else if (due - now < next)
+			else if (due > now && due - now < next)
 				next = (int)(due - now);
 		}
 	}
@@ -789,11 +841,8 @@ static void handle_frames(struct ringmq_producer *p, struct report **reps, size_
 		if (h.err == 0 &&
 		    proto_decode_response(API_PRODUCE, 0, &body, &p->arena, &resp) != 0)
 			memset(&resp, 0, sizeof(resp));
-		bool rebase = false;
 		pthread_mutex_lock(&p->mu);
-		on_produce(p, rq, &h, &resp.produce, reps, nrep, cap, &rebase);
-		if (rebase)
-			rebase_producer(p);
+		on_produce(p, rq, &h, &resp.produce, reps, nrep, cap);
 		pthread_mutex_unlock(&p->mu);
 		free(rq->batches);
 		free(rq->gens);
@@ -872,6 +921,10 @@ static void *io_main(void *arg)
 			}
 			pthread_mutex_lock(&p->mu);
 			resend_all(p); /* (P1) on the new connection */
+			/* Nothing is in flight now: what has waited past
+			 * delivery.timeout.ms fails here, or connections that
+			 * open and are lost again would keep it for ever. */
+			expire_unsent(p, rc_now_ms(), &reps, &nrep, &cap);
 			p->md_corr = 0;
 			p->conn_down = false;
 			pthread_mutex_unlock(&p->mu);
@@ -940,6 +993,7 @@ struct ringmq_producer *ringmq_producer_new(const struct ringmq_config *cfg, cha
 	if (p->cfg.batch_size > p->cfg.message_max_bytes)
 		p->cfg.batch_size = p->cfg.message_max_bytes;
 	p->producer_id = random_id();
+	p->rng = random_id(); /* never 0, which xorshift could not leave */
 	p->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	p->arena_buf = malloc(1u << 20);
 	if (p->efd < 0 || p->arena_buf == NULL) {

@@ -1,7 +1,9 @@
 /* test_group.c — consumer groups through libringmq against a real broker:
  * fan-out to every group, load sharing inside a group with nothing lost or
  * duplicated as members join mid-stream, and a member killed with SIGKILL
- * whose partitions move to the others, which resume at its last commit. */
+ * whose partitions move to the others, which resume at its last commit;
+ * a start from auto.offset.reset=latest is committed, and a committed
+ * position the log no longer has falls back to auto.offset.reset. */
 #include <errno.h>
 #include <stdbool.h>
 #include <setjmp.h>
@@ -267,12 +269,97 @@ static void test_killed_member(void **state)
 	free(seen);
 }
 
+/* Polls until the consumer holds all 6 partitions. */
+static void await_assignment(struct ringmq_consumer *c, int *seen)
+{
+	int64_t end = mono_ms() + 10000;
+	size_t n = 0;
+	while (n != 6 && mono_ms() < end) {
+		poll_count(c, seen, 50);
+		struct ringmq_topic_partition *tps;
+		assert_int_equal(ringmq_consumer_assignment(c, &tps, &n), 0);
+		free(tps);
+	}
+	assert_int_equal(n, 6);
+}
+
+/* A group that starts at the end and reads nothing before it stops must
+ * find, next time, what was produced meanwhile: the start is committed. */
+static void test_latest_start_is_committed(void **state)
+{
+	struct fx *f = *state;
+	char err[256];
+	assert_int_equal(ringmq_config_set(f->cfg, "auto.offset.reset", "latest", err, sizeof(err)),
+			 0);
+	produce(f, 0, 100);
+	int *seen = calloc(N, sizeof(int)), dups;
+	struct ringmq_consumer *c = member(f, "late");
+	await_assignment(c, seen);
+	assert_int_equal(count_seen(seen, &dups), 0);
+	assert_int_equal(ringmq_consumer_close(c, err, sizeof(err)), 0);
+	ringmq_consumer_free(c);
+	produce(f, 100, 300);
+	c = member(f, "late");
+	int64_t end = mono_ms() + 15000;
+	while (count_seen(seen, &dups) < 200 && mono_ms() < end)
+		poll_count(c, seen, 50);
+	assert_int_equal(count_seen(seen, &dups), 200);
+	assert_int_equal(dups, 0);
+	for (int i = 0; i < 100; i++)
+		assert_int_equal(seen[i], 0);
+	ringmq_consumer_free(c);
+	free(seen);
+}
+
+/* A committed offset past the log's end (as after the topic was made
+ * anew, or retention passed a slow group) is not a dead end: the member
+ * goes on from auto.offset.reset (earliest here) and commits that. */
+static void test_lost_position_resets(void **state)
+{
+	struct fx *f = *state;
+	produce(f, 0, 60);
+	struct tclient tc;
+	assert_int_equal(tc_connect(&tc, f->b.addr), 0);
+	struct proto_commit_part cp[6];
+	for (uint32_t p = 0; p < 6; p++)
+		cp[p] = (struct proto_commit_part){ pstr_c("orders"), p, 1000 };
+	union proto_request req = { .commit_offsets = { pstr_c("gone"), pstr_c(""), 0, 6, cp } };
+	struct proto_resp_hdr h;
+	union proto_response r;
+	assert_int_equal(tc_call(&tc, API_COMMIT_OFFSETS, &req, 5000, &h, &r), 0);
+	assert_int_equal(h.err, 0);
+	tc_close(&tc);
+	int *seen = calloc(N, sizeof(int)), dups;
+	struct ringmq_consumer *c = member(f, "gone");
+	int64_t end = mono_ms() + 15000;
+	while (count_seen(seen, &dups) < 60 && mono_ms() < end)
+		poll_count(c, seen, 50);
+	assert_int_equal(count_seen(seen, &dups), 60);
+	assert_int_equal(dups, 0);
+	char err[256];
+	assert_int_equal(ringmq_consumer_close(c, err, sizeof(err)), 0);
+	ringmq_consumer_free(c);
+	struct ringmq_admin *a = ringmq_admin_new(f->cfg, err, sizeof(err));
+	struct ringmq_group_info *gi;
+	assert_int_equal(ringmq_group_describe(a, "gone", &gi, err, sizeof(err)), 0);
+	assert_int_equal(gi->nparts, 6);
+	for (size_t i = 0; i < gi->nparts; i++) {
+		assert_int_equal(gi->parts[i].committed, gi->parts[i].log_end);
+		assert_int_equal(gi->parts[i].lag, 0);
+	}
+	ringmq_groups_free(gi, 1);
+	ringmq_admin_free(a);
+	free(seen);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_fan_out, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_share_join_midstream, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_killed_member, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_latest_start_is_committed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lost_position_resets, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
