@@ -823,7 +823,7 @@ static void usage(FILE *f)
 	      "  --producers N           producer threads, each with its own producer and\n"
 	      "                          connection (default 1; 1..64)\n"
 	      "  --consumers N           consumer threads, each with its own connection;\n"
-	      "                          partition p goes to consumer p %% N (default 1)\n"
+	      "                          partition p goes to consumer p % N (default 1)\n"
 	      "  --partitions N          partitions of a topic mqbench creates (default: the\n"
 	      "                          broker's); an existing topic is used as it is\n"
 	      "  --flush always|interval:MS|never  flush policy of a topic mqbench creates\n"
