@@ -38,6 +38,7 @@ int main(int argc, char **argv)
 	ringmq_admin_free(admin);
 	if (ret != RINGMQ_OK) {
 		fprintf(stderr, "consumer: topic '%s': %s\n", topic, err);
+		ringmq_config_free(cfg);
 		return 1;
 	}
 	uint32_t nparts = info->partitions < MAX_PARTITIONS ? info->partitions : MAX_PARTITIONS;

@@ -49,19 +49,23 @@ int main(int argc, char **argv)
 	char err[256];
 
 	struct ringmq_config *cfg = ringmq_config_new();
-	if (cfg == NULL || (brokers != NULL && set(cfg, "bootstrap.servers", brokers) != 0))
+	if (cfg == NULL || (brokers != NULL && set(cfg, "bootstrap.servers", brokers) != 0)) {
+		ringmq_config_free(cfg);
 		return 2;
+	}
 
 	/* The topic: three partitions, unless it exists already. */
 	struct ringmq_admin *admin = ringmq_admin_new(cfg, err, sizeof(err));
 	if (admin == NULL) {
 		fprintf(stderr, "producer: %s\n", err);
+		ringmq_config_free(cfg);
 		return 1;
 	}
 	int ret = ringmq_topic_create(admin, topic, 3, NULL, 0, err, sizeof(err));
 	ringmq_admin_free(admin);
 	if (ret != RINGMQ_OK && ret != RINGMQ_ERR_TOPIC_EXISTS) {
 		fprintf(stderr, "producer: creating topic '%s': %s\n", topic, err);
+		ringmq_config_free(cfg);
 		return 1;
 	}
 
@@ -69,8 +73,10 @@ int main(int argc, char **argv)
 	 * retries never store a message twice. */
 	struct counts counts = { 0, 0 };
 	if (set(cfg, "acks", "all") != 0 || set(cfg, "enable.idempotence", "true") != 0 ||
-	    set(cfg, "linger.ms", "5") != 0)
+	    set(cfg, "linger.ms", "5") != 0) {
+		ringmq_config_free(cfg);
 		return 2;
+	}
 	ringmq_config_set_delivery_cb(cfg, on_delivery, &counts);
 	struct ringmq_producer *p = ringmq_producer_new(cfg, err, sizeof(err));
 	ringmq_config_free(cfg); /* the producer keeps its own copy */

@@ -58,6 +58,10 @@ done
 step "they compile against $LIB, warnings as errors"
 CFLAGS=(-std=c11 -O2 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 	-Wformat=2 -Wvla -Wpointer-arith)
+# `make san` builds the library with sanitizers: programs linking it need them too.
+if nm "$LIB" 2>/dev/null | grep -c __asan_ >/dev/null; then
+	CFLAGS+=(-fsanitize=address,undefined)
+fi
 if command -v pkg-config >/dev/null; then
 	INC=$(PKG_CONFIG_PATH=$BUILD/lib/pkgconfig pkg-config --cflags ringmq)
 	[ -n "$INC" ] || fail "pkg-config --cflags ringmq printed nothing"
