@@ -4,6 +4,8 @@
 #   make            build everything into build/
 #   make run        build and start ringmqd with its defaults
 #   make test       unit tests, fuzz-corpus replay, integration tests
+#   make demo       the order, inventory and notification services (examples/)
+#                   against a real broker; see tests/integration/demo.sh
 #   make san        the same tests under ASan+UBSan (build-san/)
 #   make bench      benchmarks; writes docs/benchmarks.md figures to stdout
 #   make fuzz       short libFuzzer runs of every parser (clang)
@@ -42,10 +44,13 @@ UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/*
 FUZZ_TARGETS := $(basename $(notdir $(wildcard tests/fuzz/fuzz_*.c)))
 REPLAYS := $(patsubst %,$(BUILD)/fuzz-replay/%,$(FUZZ_TARGETS))
 BENCHES := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*.c))
+# The example services, built as a user would: <ringmq.h> and libringmq.a.
+EXAMPLES := $(BUILD)/examples/order-service $(BUILD)/examples/inventory-service \
+	$(BUILD)/examples/notification-service
 
-.PHONY: all deps run test test-run san bench fuzz clean
+.PHONY: all deps run test test-run san bench fuzz clean demo
 
-all: $(LIBS_OUT) $(TOOLS) $(UNIT_TESTS) $(REPLAYS) $(BENCHES)
+all: $(LIBS_OUT) $(TOOLS) $(UNIT_TESTS) $(REPLAYS) $(BENCHES) $(EXAMPLES)
 
 deps:
 	@tools/deps.sh
@@ -93,6 +98,13 @@ $(CLIENT_TOOLS): $(BUILD)/bin/%: $(BUILD)/obj/tools/%.o $(BUILD)/lib/libringmq.a
 	@$(if $(Q),echo "  LD    $@")
 	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
 
+$(call obj,$(EXAMPLES:$(BUILD)/examples/%=examples/%.c)): ALL_CFLAGS += -Iclient
+
+$(EXAMPLES): $(BUILD)/examples/%: $(BUILD)/obj/examples/%.o $(BUILD)/lib/libringmq.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
+
 $(BUILD)/bin/mqdump: $(call obj,tools/mqdump.c) $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD    $@")
@@ -129,6 +141,10 @@ test: deps
 
 test-run:
 	@tests/run_tests.sh $(BUILD) $(FUZZ_TARGETS)
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@tests/integration/demo.sh $(BUILD)
 
 san: deps
 	@$(MAKE) --no-print-directory BUILD=build-san \
