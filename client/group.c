@@ -37,6 +37,7 @@ struct cgroup {
 	int64_t *committing_off;
 	size_t ncommitting;
 	int64_t next_autocommit_ms;
+	bool commit_wanted;   /* commit_async while one was in flight */
 	struct gtp *target;        /* the broker's latest word, not applied yet */
 	size_t ntarget;
 	bool have_target;
@@ -185,6 +186,8 @@ int group_next_due(struct ringmq_consumer *c)
 	int64_t now = rc_now_ms(), due = INT64_MAX;
 	if (g->hb_corr == 0)
 		due = g->next_hb_ms;
+	if (g->commit_corr == 0 && g->commit_wanted)
+		return 0;
 	if (c->cfg.auto_commit && g->commit_corr == 0 && g->next_autocommit_ms < due)
 		due = g->next_autocommit_ms;
 	if (due == INT64_MAX)
@@ -318,7 +321,7 @@ int ringmq_consumer_commit_async(struct ringmq_consumer *c, char *errstr, size_t
 	if (c->grp->commit_corr == 0 && rc_conn_up(&c->conn))
 		commit_async(c);
 	else
-		c->grp->next_autocommit_ms = 0; /* as soon as poll can */
+		c->grp->commit_wanted = true; /* as soon as poll can, auto-commit or not */
 	return 0;
 }
 
@@ -592,8 +595,11 @@ int group_poll(struct ringmq_consumer *c, char *errstr, size_t errlen)
 			rc_conn_send_some(&c->conn);
 		}
 	}
-	if (c->cfg.auto_commit && g->commit_corr == 0 && now >= g->next_autocommit_ms) {
-		g->next_autocommit_ms = now + c->cfg.auto_commit_interval_ms;
+	if (g->commit_corr == 0 &&
+	    (g->commit_wanted || (c->cfg.auto_commit && now >= g->next_autocommit_ms))) {
+		g->commit_wanted = false;
+		if (c->cfg.auto_commit)
+			g->next_autocommit_ms = now + c->cfg.auto_commit_interval_ms;
 		commit_async(c);
 	}
 	return 0;

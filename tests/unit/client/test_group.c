@@ -352,6 +352,53 @@ static void test_lost_position_resets(void **state)
 	free(seen);
 }
 
+/* With auto-commit off, a commit_async made while another is in flight
+ * is sent once that one is answered, not dropped. */
+static void test_commit_async_queued(void **state)
+{
+	struct fx *f = *state;
+	char err[256];
+	assert_int_equal(ringmq_config_set(f->cfg, "enable.auto.commit", "false", err,
+					   sizeof(err)), 0);
+	produce(f, 0, 200);
+	int *seen = calloc(N, sizeof(int)), dups;
+	struct ringmq_consumer *c = member(f, "manual");
+	int64_t end = mono_ms() + 15000;
+	while (count_seen(seen, &dups) < 200 && mono_ms() < end) {
+		/* Few messages a poll, so that commits overlap. */
+		struct ringmq_message m[10];
+		size_t n;
+		assert_int_equal(ringmq_consumer_poll(c, 50, m, 10, &n, err, sizeof(err)), 0);
+		for (size_t i = 0; i < n; i++) {
+			char v[16];
+			size_t l = m[i].value_len < 15 ? m[i].value_len : 15;
+			memcpy(v, m[i].value, l);
+			v[l] = '\0';
+			seen[atoi(v)]++;
+		}
+		/* Twice: the second finds the first in flight. */
+		assert_int_equal(ringmq_consumer_commit_async(c, err, sizeof(err)), 0);
+		assert_int_equal(ringmq_consumer_commit_async(c, err, sizeof(err)), 0);
+	}
+	assert_int_equal(count_seen(seen, &dups), 200);
+	struct ringmq_admin *a = ringmq_admin_new(f->cfg, err, sizeof(err));
+	int64_t lag = -1;
+	end = mono_ms() + 5000;
+	while (lag != 0 && mono_ms() < end) {
+		poll_count(c, seen, 50);
+		struct ringmq_group_info *gi;
+		assert_int_equal(ringmq_group_describe(a, "manual", &gi, err, sizeof(err)), 0);
+		lag = 0;
+		for (size_t i = 0; i < gi->nparts; i++)
+			lag += gi->parts[i].committed == gi->parts[i].log_end ? 0 : 1;
+		ringmq_groups_free(gi, 1);
+	}
+	assert_int_equal(lag, 0);
+	ringmq_admin_free(a);
+	ringmq_consumer_free(c);
+	free(seen);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -360,6 +407,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_killed_member, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_latest_start_is_committed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lost_position_resets, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_commit_async_queued, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
