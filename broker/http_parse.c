@@ -35,6 +35,10 @@ int http_parse(const char *buf, size_t len, struct http_request *req)
 	if ((size_t)(head_end - buf) + 4 > HTTP_REQUEST_MAX)
 		return -1;
 	const char *eol = memchr(buf, '\r', (size_t)(head_end - buf) + 1);
+	/* A bare CR does not end the request line (RFC 9112 2.2): taken as
+	 * the end, "GET / HTTP/1.1\rjunk" would pass for a request line. */
+	if (eol[1] != '\n')
+		return -1;
 	const char *p = token(buf, eol, req->method, sizeof(req->method));
 	if (p == NULL || p >= eol || *p != ' ')
 		return -1;

@@ -105,6 +105,80 @@ static void eq_fetch(const struct proto_fetch_req *a, const struct proto_fetch_r
 			CHECK(x->parts[j].max_bytes == y->parts[j].max_bytes);
 		}
 	}
+	eq_str(a->group, b->group, sa, sb);
+	eq_str(a->member_id, b->member_id, sa, sb);
+	CHECK(a->member_epoch == b->member_epoch);
+}
+
+static void eq_tps(uint32_t na, const struct proto_tp *a, uint32_t nb, const struct proto_tp *b,
+		   struct span sa, struct span sb)
+{
+	CHECK(na == nb);
+	CHECK((na == 0) == (a == NULL) && (nb == 0) == (b == NULL));
+	for (uint32_t i = 0; i < na; i++) {
+		eq_str(a[i].topic, b[i].topic, sa, sb);
+		CHECK(a[i].partition == b[i].partition);
+	}
+}
+
+static void eq_group_request(uint16_t api, const union proto_request *a,
+			     const union proto_request *b, struct span sa, struct span sb)
+{
+	switch (api) {
+	case API_JOIN_GROUP: {
+		const struct proto_join_group_req *x = &a->join_group, *y = &b->join_group;
+		eq_str(x->group, y->group, sa, sb);
+		eq_str(x->member_id, y->member_id, sa, sb);
+		eq_str(x->client_id, y->client_id, sa, sb);
+		CHECK(x->session_timeout_ms == y->session_timeout_ms);
+		CHECK(x->ntopics == y->ntopics);
+		for (uint32_t i = 0; i < x->ntopics; i++)
+			eq_str(x->topics[i], y->topics[i], sa, sb);
+		break;
+	}
+	case API_HEARTBEAT:
+		eq_str(a->heartbeat.group, b->heartbeat.group, sa, sb);
+		eq_str(a->heartbeat.member_id, b->heartbeat.member_id, sa, sb);
+		CHECK(a->heartbeat.member_epoch == b->heartbeat.member_epoch);
+		eq_tps(a->heartbeat.nowned, a->heartbeat.owned, b->heartbeat.nowned,
+		       b->heartbeat.owned, sa, sb);
+		break;
+	case API_LEAVE_GROUP:
+		eq_str(a->leave_group.group, b->leave_group.group, sa, sb);
+		eq_str(a->leave_group.member_id, b->leave_group.member_id, sa, sb);
+		break;
+	case API_COMMIT_OFFSETS: {
+		const struct proto_commit_offsets_req *x = &a->commit_offsets, *y = &b->commit_offsets;
+		eq_str(x->group, y->group, sa, sb);
+		eq_str(x->member_id, y->member_id, sa, sb);
+		CHECK(x->member_epoch == y->member_epoch && x->nparts == y->nparts);
+		for (uint32_t i = 0; i < x->nparts; i++) {
+			eq_str(x->parts[i].topic, y->parts[i].topic, sa, sb);
+			CHECK(x->parts[i].partition == y->parts[i].partition);
+			CHECK(x->parts[i].offset == y->parts[i].offset);
+		}
+		break;
+	}
+	case API_FETCH_OFFSETS:
+		eq_str(a->fetch_offsets.group, b->fetch_offsets.group, sa, sb);
+		eq_tps(a->fetch_offsets.nparts, a->fetch_offsets.parts, b->fetch_offsets.nparts,
+		       b->fetch_offsets.parts, sa, sb);
+		break;
+	case API_DESCRIBE_GROUP:
+		eq_str(a->describe_group.group, b->describe_group.group, sa, sb);
+		break;
+	case API_DELETE_GROUP:
+		eq_str(a->delete_group.group, b->delete_group.group, sa, sb);
+		break;
+	case API_RESET_OFFSETS:
+		eq_str(a->reset_offsets.group, b->reset_offsets.group, sa, sb);
+		eq_str(a->reset_offsets.topic, b->reset_offsets.topic, sa, sb);
+		CHECK(a->reset_offsets.mode == b->reset_offsets.mode);
+		CHECK(a->reset_offsets.value == b->reset_offsets.value);
+		break;
+	default:
+		break; /* LIST_GROUPS: an empty body */
+	}
 }
 
 static void eq_list_offsets(const struct proto_list_offsets_req *a,
@@ -163,8 +237,12 @@ static void eq_request(uint16_t api, const union proto_request *a, const union p
 	case API_LIST_OFFSETS:
 		eq_list_offsets(&a->list_offsets, &b->list_offsets, sa, sb);
 		break;
-	default:
+	case API_LIST_TOPICS:
+	case API_BROKER_STATUS:
 		break; /* empty bodies */
+	default:
+		eq_group_request(api, a, b, sa, sb);
+		break;
 	}
 }
 

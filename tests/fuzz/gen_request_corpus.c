@@ -1,12 +1,17 @@
 /* gen_request_corpus.c — writes the seed corpus of fuzz_request: one valid
  * request frame per API, the same frames pipelined in one input, and one
  * response frame per API; with --doc, prints the hex of the METADATA example
- * in docs/protocol.md instead. Not built by the Makefile; run it by hand:
+ * in docs/protocol.md instead. Not built by the Makefile; run it by hand
+ * whenever proto/proto.h gains an API or a field:
  *
  *   cc -std=gnu11 -D_GNU_SOURCE -I. tests/fuzz/gen_request_corpus.c proto/proto.c \
- *      storage/batch.c -o /tmp/gen -llz4 -lxxhash
+ *      proto/proto_group.c storage/batch.c -o /tmp/gen -llz4 -lxxhash
  *   /tmp/gen tests/fuzz/corpus/fuzz_request
+ *
+ * It overwrites only the files it writes; the corpus also keeps inputs from
+ * older runs (req_fetch_pre_groups, resp_handshake_11_apis) and from fuzzing.
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +56,48 @@ static void request(struct pw *w, uint16_t api, uint32_t cid, const union proto_
 	proto_frame_end(w, start);
 }
 
+/* The corpus must hold a valid example of every API: each frame written
+ * decodes, and one whose body is all zeros is an API nobody filled in here. */
+static void check_request(const struct pw *w, const char *name)
+{
+	static _Alignas(16) uint8_t mem[64 << 10];
+	struct proto_req_hdr h;
+	struct pr body;
+	struct arena a;
+	union proto_request rq;
+	if (w->failed || proto_req_header(w->buf, (uint32_t)w->len, &h, &body) != 0)
+		die(name);
+	size_t n = pr_left(&body);
+	bool zeros = n > 0;
+	for (size_t i = 0; i < n; i++)
+		zeros = zeros && body.p[i] == 0;
+	arena_init(&a, mem, sizeof(mem));
+	if (zeros || proto_decode_request(h.api, h.version, &body, &a, &rq) != 0) {
+		fprintf(stderr, "gen_request_corpus: %s: not a valid, filled-in request\n", name);
+		exit(1);
+	}
+}
+
+static void check_response(const struct pw *w, uint16_t api, const char *name)
+{
+	static _Alignas(16) uint8_t mem[64 << 10];
+	struct proto_resp_hdr h;
+	struct pr body;
+	struct arena a;
+	union proto_response rs;
+	if (w->failed || proto_resp_header(w->buf, (uint32_t)w->len, &h, &body) != 0)
+		die(name);
+	size_t n = pr_left(&body);
+	bool zeros = n > 0;
+	for (size_t i = 0; i < n; i++)
+		zeros = zeros && body.p[i] == 0;
+	arena_init(&a, mem, sizeof(mem));
+	if (zeros || proto_decode_response(api, 0, &body, &a, &rs) != 0) {
+		fprintf(stderr, "gen_request_corpus: %s: not a valid, filled-in response\n", name);
+		exit(1);
+	}
+}
+
 static void requests(union proto_request *r, uint8_t *batch, uint32_t blen)
 {
 	static struct pstr md_topics[2];
@@ -61,6 +108,9 @@ static void requests(union proto_request *r, uint8_t *batch, uint32_t blen)
 	static struct proto_fetch_topic ft[1];
 	static struct proto_lo_part lp[3];
 	static struct proto_lo_topic lt[1];
+	static struct pstr sub[2];
+	static struct proto_tp owned[3];
+	static struct proto_commit_part cp[2];
 
 	memset(r, 0, sizeof(*r) * API_COUNT);
 	r[API_HANDSHAKE].handshake =
@@ -85,12 +135,78 @@ static void requests(union proto_request *r, uint8_t *batch, uint32_t blen)
 	fp[0] = (struct proto_fetch_part){ 0, 0, 1 << 20 };
 	fp[1] = (struct proto_fetch_part){ 2, 42, 65536 };
 	ft[0] = (struct proto_fetch_topic){ pstr_c("orders"), 2, fp };
-	r[API_FETCH].fetch = (struct proto_fetch_req){ 500, 1, 4 << 20, 1, ft };
+	/* A group member's fetch, which the broker checks against the group;
+	 * a plain fetch leaves the three group fields empty. */
+	r[API_FETCH].fetch = (struct proto_fetch_req){ 500, 1, 4 << 20, 1, ft, pstr_c("inventory"),
+						       pstr_c("inventory-1-4f2a"), 3 };
 	lp[0] = (struct proto_lo_part){ 0, PROTO_OFFSET_EARLIEST };
 	lp[1] = (struct proto_lo_part){ 1, PROTO_OFFSET_LATEST };
 	lp[2] = (struct proto_lo_part){ 2, 1700000000000 };
 	lt[0] = (struct proto_lo_topic){ pstr_c("orders"), 3, lp };
 	r[API_LIST_OFFSETS].list_offsets = (struct proto_list_offsets_req){ 1, lt };
+
+	sub[0] = pstr_c("orders");
+	sub[1] = pstr_c("returns");
+	r[API_JOIN_GROUP].join_group = (struct proto_join_group_req){
+		pstr_c("inventory"), pstr_c(""), pstr_c("inventory-service/1.0"), 10000, 2, sub,
+	};
+	owned[0] = (struct proto_tp){ pstr_c("orders"), 0 };
+	owned[1] = (struct proto_tp){ pstr_c("orders"), 2 };
+	owned[2] = (struct proto_tp){ pstr_c("returns"), 0 };
+	r[API_HEARTBEAT].heartbeat = (struct proto_heartbeat_req){
+		pstr_c("inventory"), pstr_c("inventory-1-4f2a"), 3, 3, owned,
+	};
+	r[API_LEAVE_GROUP].leave_group =
+		(struct proto_leave_group_req){ pstr_c("inventory"), pstr_c("inventory-1-4f2a") };
+	cp[0] = (struct proto_commit_part){ pstr_c("orders"), 0, 1042 };
+	cp[1] = (struct proto_commit_part){ pstr_c("orders"), 2, 17 };
+	r[API_COMMIT_OFFSETS].commit_offsets = (struct proto_commit_offsets_req){
+		pstr_c("inventory"), pstr_c("inventory-1-4f2a"), 3, 2, cp,
+	};
+	r[API_FETCH_OFFSETS].fetch_offsets =
+		(struct proto_fetch_offsets_req){ pstr_c("inventory"), 2, owned };
+	r[API_DESCRIBE_GROUP].describe_group =
+		(struct proto_describe_group_req){ pstr_c("inventory") };
+	r[API_DELETE_GROUP].delete_group = (struct proto_delete_group_req){ pstr_c("old-group") };
+	r[API_RESET_OFFSETS].reset_offsets = (struct proto_reset_offsets_req){
+		pstr_c("inventory"), pstr_c("orders"), PROTO_RESET_TIME, 1700000000000,
+	};
+}
+
+/* Second examples where a field's value sends the broker down another
+ * path: a fetch outside any group, a rejoin with a member id, a commit
+ * outside membership, a reset to an offset rather than a time. */
+static void extra_requests(const char *dir, const union proto_request *r)
+{
+	static const struct {
+		const char *name;
+		uint16_t api;
+	} extras[] = {
+		{ "req_fetch_plain", API_FETCH },
+		{ "req_join_rejoin", API_JOIN_GROUP },
+		{ "req_commit_outside_group", API_COMMIT_OFFSETS },
+		{ "req_reset_to_offset", API_RESET_OFFSETS },
+	};
+	union proto_request x[ARRAY_SIZE(extras)];
+	x[0].fetch = r[API_FETCH].fetch;
+	x[0].fetch.group = x[0].fetch.member_id = pstr_c("");
+	x[0].fetch.member_epoch = 0;
+	x[1].join_group = r[API_JOIN_GROUP].join_group;
+	x[1].join_group.member_id = pstr_c("inventory-1-4f2a");
+	x[2].commit_offsets = r[API_COMMIT_OFFSETS].commit_offsets;
+	x[2].commit_offsets.member_id = pstr_c("");
+	x[2].commit_offsets.member_epoch = 0;
+	x[3].reset_offsets = r[API_RESET_OFFSETS].reset_offsets;
+	x[3].reset_offsets.mode = PROTO_RESET_OFFSET;
+	x[3].reset_offsets.value = 500;
+	for (size_t i = 0; i < ARRAY_SIZE(extras); i++) {
+		struct pw w;
+		pw_init_dyn(&w, 256, 1 << 20);
+		request(&w, extras[i].api, 400 + (uint32_t)i, &x[i]);
+		check_request(&w, extras[i].name);
+		write_file(dir, extras[i].name, w.buf, w.len);
+		pw_free(&w);
+	}
 }
 
 static void responses(union proto_response *r, uint8_t *batch, uint32_t blen)
@@ -107,6 +223,12 @@ static void responses(union proto_response *r, uint8_t *batch, uint32_t blen)
 	static struct proto_fetch_resp_topic frt[1];
 	static struct proto_lo_resp_part lrp[1];
 	static struct proto_lo_resp_topic lrt[1];
+	static struct proto_tp assigned[2];
+	static struct proto_tp_result cres[2];
+	static struct proto_committed committed[3];
+	static struct proto_group_brief gb[2];
+	static struct proto_group_member gm[2];
+	static struct proto_group_part gp[3];
 
 	memset(r, 0, sizeof(*r) * API_COUNT);
 	for (uint16_t i = 0; i < API_COUNT; i++)
@@ -145,6 +267,35 @@ static void responses(union proto_response *r, uint8_t *batch, uint32_t blen)
 	r[API_BROKER_STATUS].broker_status = (struct proto_broker_status_resp){
 		pstr_c("0.1.0"), 60000, 2, 4, 1, 1 << 20, pstr_c("./ringmq-data"), 100, 6400, 3200,
 	};
+
+	r[API_JOIN_GROUP].join_group =
+		(struct proto_join_group_resp){ pstr_c("inventory-1-4f2a"), 3, 3000 };
+	assigned[0] = (struct proto_tp){ pstr_c("orders"), 0 };
+	assigned[1] = (struct proto_tp){ pstr_c("returns"), 0 };
+	r[API_HEARTBEAT].heartbeat = (struct proto_heartbeat_resp){ 4, 3000, 2, assigned };
+	cres[0] = (struct proto_tp_result){ pstr_c("orders"), 0, ERR_NONE, pstr_c("") };
+	cres[1] = (struct proto_tp_result){ pstr_c("orders"), 2, ERR_NOT_OWNER,
+					    pstr_c("partition 2 is owned by another member") };
+	r[API_COMMIT_OFFSETS].commit_offsets = (struct proto_commit_offsets_resp){ 2, cres };
+	committed[0] = (struct proto_committed){ pstr_c("orders"), 0, 1042 };
+	committed[1] = (struct proto_committed){ pstr_c("orders"), 2, -1 };
+	committed[2] = (struct proto_committed){ pstr_c("returns"), 0, 0 };
+	r[API_FETCH_OFFSETS].fetch_offsets = (struct proto_fetch_offsets_resp){ 3, committed };
+	gb[0] = (struct proto_group_brief){ pstr_c("inventory"), pstr_c("stable"), 2 };
+	gb[1] = (struct proto_group_brief){ pstr_c("notification"), pstr_c("empty"), 0 };
+	r[API_LIST_GROUPS].list_groups = (struct proto_list_groups_resp){ 2, gb };
+	gm[0] = (struct proto_group_member){ pstr_c("inventory-1-4f2a"),
+					     pstr_c("inventory-service/1.0"), 4, 120, 2, assigned };
+	gm[1] = (struct proto_group_member){ pstr_c("inventory-2-9c1d"),
+					     pstr_c("inventory-service/1.0"), 4, 2900, 0, NULL };
+	gp[0] = (struct proto_group_part){ pstr_c("orders"), 0, 1042, 0, 1100,
+					   pstr_c("inventory-1-4f2a") };
+	gp[1] = (struct proto_group_part){ pstr_c("orders"), 1, -1, 0, 0, pstr_c("") };
+	gp[2] = (struct proto_group_part){ pstr_c("gone"), 0, 77, 0, 0, pstr_c("") };
+	r[API_DESCRIBE_GROUP].describe_group = (struct proto_describe_group_resp){
+		pstr_c("inventory"), pstr_c("rebalancing"), 9, 2, gm, 3, gp,
+	};
+	r[API_RESET_OFFSETS].reset_offsets = (struct proto_reset_offsets_resp){ 2, committed };
 }
 
 static void hex(const char *title, const uint8_t *p, size_t len)
@@ -207,9 +358,8 @@ int main(int argc, char **argv)
 		pw_init_dyn(&w, 256, 1 << 20);
 		request(&w, api, 100 + api, &rq[api]);
 		request(&all, api, 200 + api, &rq[api]);
-		if (w.failed)
-			die("encoding failed");
 		snprintf(name, sizeof(name), "req_%02u_%s", api, proto_api_name(api));
+		check_request(&w, name);
 		write_file(dir, name, w.buf, w.len);
 		pw_free(&w);
 	}
@@ -217,6 +367,7 @@ int main(int argc, char **argv)
 		die("encoding failed");
 	write_file(dir, "req_pipelined", all.buf, all.len);
 	pw_free(&all);
+	extra_requests(dir, rq);
 
 	/* More topic names than a 64 KiB arena holds: the broker's -ENOMEM
 	 * (LIMIT_EXCEEDED) path, which random mutation rarely grows into. */
@@ -240,9 +391,8 @@ int main(int argc, char **argv)
 		size_t start = proto_resp_begin(&w, 300 + api, ERR_NONE, NULL);
 		proto_encode_response(&w, api, &rs[api]);
 		proto_frame_end(&w, start);
-		if (w.failed)
-			die("encoding failed");
 		snprintf(name, sizeof(name), "resp_%02u_%s", api, proto_api_name(api));
+		check_response(&w, api, name);
 		write_file(dir, name, w.buf, w.len);
 		pw_free(&w);
 	}
