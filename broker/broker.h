@@ -231,6 +231,9 @@ uint16_t err_from_errno(int err);
 
 /* ---- produce.c / fetch.c ---- */
 void handle_produce(struct conn *c, uint32_t corr, const struct proto_produce_req *req);
+/* Rebuilds a just-opened partition's idempotent-producer state from its
+ * log's tail (start-up). Returns the producers restored, or -errno. */
+int produce_restore_producers(struct partition *p);
 void handle_fetch(struct conn *c, uint32_t corr, const struct proto_fetch_req *req);
 void fetch_wake(struct partition *p);
 void fetch_expire(struct loop *l, struct fetch_req *fr);

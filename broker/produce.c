@@ -213,6 +213,134 @@ static void pstate_record(struct pstate *st, const struct batch_hdr *h, uint64_t
 	st->last_used_ms = now;
 }
 
+/* ---- idempotent producers after a restart ----
+ *
+ * The state above lives in memory, but every batch in the log carries its
+ * producer id, base sequence, record count and base offset, so a partition
+ * opened at start-up rebuilds it from the batch headers at its tail. What
+ * must be recognised is a retry of a batch whose acknowledgement the crash
+ * took away, and those are at the very end of the log:
+ * - a producer sends a batch of a partition only once the batch
+ *   PSTATE_RECENT before it is acknowledged (libringmq's window). So a
+ *   batch followed in the log by PSTATE_RECENT more of its producer, in one
+ *   unbroken run of sequences, was acknowledged before the crash;
+ * - acknowledgements go out in log order (durability advances in offset
+ *   order, and waiters fire in that order), so every batch before it was,
+ *   too, but for replies that left out of order across connections.
+ * The walk reads newest first and stops at whichever comes first:
+ * - at the first such acknowledged batch, once it has walked as far again
+ *   past it (the margin for replies sent out of order);
+ * - the table full: PSTATES_PER_PARTITION producers, each with its last
+ *   PSTATE_RECENT batches or its whole history (a batch with sequence 0);
+ * - RESTORE_BATCHES batches (twice what 64 producers can have in flight)
+ *   or RESTORE_BYTES of log: the bound when the tail proves nothing, for
+ *   example when it holds only non-idempotent batches.
+ * Start-up cost thus follows what producers had in flight, not the log's
+ * size. A retry of a batch older than the walk is treated as after an
+ * eviction: refused as out of sequence (libringmq then starts the partition
+ * over under a new producer id, so that batch is stored twice), or, from a
+ * producer not seen at all, accepted as new. */
+#define RESTORE_BYTES (1u << 20)
+#define RESTORE_BATCHES (2u * PSTATE_RECENT * PSTATES_PER_PARTITION)
+
+struct restore {
+	struct partition *p;
+	int64_t now;
+	uint32_t batches;                    /* visited so far */
+	uint32_t stop_at;                    /* visited count to stop at; 0: not known yet */
+	uint32_t complete;                   /* producers whose history is complete */
+	bool done[PSTATES_PER_PARTITION];    /* by index in p->producers */
+	bool full[PSTATES_PER_PARTITION];    /* done with PSTATE_RECENT batches in a run */
+	int err;
+};
+
+/* One batch, newest first. Returns non-zero to stop the walk. */
+static int restore_batch(void *arg, const struct batch_hdr *h)
+{
+	struct restore *r = arg;
+	struct partition *p = r->p;
+	if (++r->batches > RESTORE_BATCHES || (r->stop_at != 0 && r->batches > r->stop_at))
+		return 1;
+	if (h->producer_id == 0)
+		return 0;
+	uint32_t i = 0;
+	while (i < p->nproducers && p->producers[i].producer_id != h->producer_id)
+		i++;
+	if (i == p->nproducers) {
+		/* Producers are found newest first: once the table is full, the
+		 * rest are the ones a running broker would have evicted. */
+		if (i == PSTATES_PER_PARTITION)
+			return 0;
+		if (p->producers == NULL) {
+			p->producers = calloc(PSTATES_PER_PARTITION, sizeof(*p->producers));
+			if (p->producers == NULL) {
+				r->err = -ENOMEM;
+				return 1;
+			}
+		}
+		struct pstate *st = &p->producers[p->nproducers++];
+		memset(st, 0, sizeof(*st));
+		st->producer_id = h->producer_id;
+		st->next_seq = h->base_sequence + h->record_count; /* its newest batch */
+		/* Eviction picks the smallest: restored producers rank below any
+		 * that sends after the start, and among themselves by recency. */
+		st->last_used_ms = r->now - 1 - (int64_t)i;
+	}
+	struct pstate *st = &p->producers[i];
+	/* Collected at the back of recent[], since they come newest first.
+	 * Does this batch end where the oldest one kept begins? */
+	uint32_t n = st->nrecent;
+	bool run = n == 0 ||
+		   h->base_sequence + h->record_count == st->recent[PSTATE_RECENT - n].base_seq;
+	if (r->done[i]) {
+		if (r->full[i] && run && r->stop_at == 0)
+			r->stop_at = 2 * r->batches; /* acknowledged: see above */
+		r->full[i] = false;                  /* one proof per producer is enough */
+		return 0;
+	}
+	if (!run) {
+		/* The producer's numbering broke here (its state was lost
+		 * before, or an older broker stored a retry twice): older
+		 * batches are not retries of this run of sequences. */
+		r->done[i] = true;
+		r->complete++;
+	} else {
+		st->recent[PSTATE_RECENT - 1 - n].base_seq = h->base_sequence;
+		st->recent[PSTATE_RECENT - 1 - n].count = h->record_count;
+		st->recent[PSTATE_RECENT - 1 - n].base_offset = h->base_offset;
+		st->nrecent++;
+		if (st->nrecent == PSTATE_RECENT || h->base_sequence == 0) {
+			/* All it could retry, or all it ever sent. */
+			r->done[i] = true;
+			r->full[i] = h->base_sequence != 0;
+			r->complete++;
+		}
+	}
+	return p->nproducers == PSTATES_PER_PARTITION && r->complete == PSTATES_PER_PARTITION;
+}
+
+/* Rebuilds a partition's idempotent-producer state from its log's tail. For
+ * a partition whose log was just opened, before it takes appends. Returns
+ * the producers restored, or -errno (the state then holds what was read
+ * before the problem: retries of older batches may be stored again). */
+int produce_restore_producers(struct partition *p)
+{
+	struct restore r;
+	memset(&r, 0, sizeof(r));
+	r.p = p;
+	r.now = now_ms();
+	p->nproducers = 0;
+	int ret = log_scan_tail(p->log, RESTORE_BYTES, restore_batch, &r);
+	for (uint32_t i = 0; i < p->nproducers; i++) {
+		struct pstate *st = &p->producers[i];
+		memmove(st->recent, st->recent + (PSTATE_RECENT - st->nrecent),
+			st->nrecent * sizeof(st->recent[0]));
+	}
+	if (ret == 0)
+		ret = r.err;
+	return ret != 0 ? ret : (int)p->nproducers;
+}
+
 /* Checks every idempotent batch of a partition's data before any is
  * appended. Returns false with the partition's error set. */
 static bool seq_precheck(struct produce_req *pr, uint32_t i, struct partition *p,

@@ -774,6 +774,20 @@ static int load_topic(struct loop *l, const char *name)
 	registry_add(&l->reg, t);
 	topic_add_parts(&l->reg, t, logs, tc.partitions);
 	free(logs);
+	/* Idempotent producers retrying what they sent before the restart
+	 * (a kill -9 took the acknowledgements) must get the original
+	 * offsets, not a second copy: rebuild who sent what from each log's
+	 * tail before any produce is served. */
+	for (uint32_t i = 0; i < t->nparts; i++) {
+		int n = produce_restore_producers(t->parts[i]);
+		if (n < 0)
+			say_warn("topic %s partition %u: cannot read the log's tail for idempotent "
+				 "producers (%s); a retry of a batch stored before the restart may "
+				 "be stored again", name, i, strerror(-n));
+		else if (n > 0)
+			say_debug("topic %s partition %u: %d idempotent producers restored from the "
+				  "log's tail", name, i, n);
+	}
 	return 0;
 }
 

@@ -216,6 +216,27 @@ void log_slice_release(struct log *log, struct log_slice *slice);
  * there is none. Reads indexes and at most a few batches. Returns 0 or -errno. */
 int log_offset_for_time(struct log *log, int64_t ts_ms, uint64_t *offset);
 
+/* Visits the headers of the log's newest batches, newest first, so that state
+ * derived from the tail (a broker's idempotent producers) can be rebuilt at
+ * start-up without reading the whole log. Meant for right after log_open(),
+ * before any append (-EBUSY if something is staged).
+ *
+ * The walk goes back from the end in steps of 16 KiB growing to 64 KiB, each
+ * starting at an index entry, across segment boundaries (an older segment's
+ * index is loaded, as a read there would), reading batch headers only (no
+ * checksums: log_open() verified the active segment's tail, and closed
+ * segments are trusted as everywhere else). It stops when fn returns
+ * non-zero, at the log's start, or once it has covered max_bytes: a step
+ * begins at an index entry, so it may read up to one index interval and one
+ * batch more. Reads stay near the end: cost follows how far fn wants to go,
+ * bounded by max_bytes, not the log's size. Blocking.
+ *
+ * Returns 0, -EBUSY, -EBADMSG if the headers do not chain (a batch not where
+ * the index or its neighbour says, offsets not dense), or a read errno. fn
+ * has then seen every batch newer than the problem. */
+int log_scan_tail(struct log *log, uint64_t max_bytes,
+		  int (*fn)(void *arg, const struct batch_hdr *h), void *arg);
+
 /* ---- synchronous wrappers, for tools and tests that own the env's ioq ---- */
 
 /* Appends and waits until written (durable=false) or durable. */

@@ -1,6 +1,7 @@
 /* log_read.c — reads and lookups: by offset (for fetch) and by time (for
- * list-offsets). Blocking preads of batch headers and lazily loaded indexes;
- * see log.h. */
+ * list-offsets), and the newest-first walk of the tail's batch headers (for
+ * state rebuilt at start-up). Blocking preads of batch headers and lazily
+ * loaded indexes; see log.h. */
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -343,4 +344,125 @@ int log_offset_for_time(struct log *log, int64_t ts_ms, uint64_t *offset)
 		*offset = vis; /* none here after all (max_ts may overstate): go on */
 	}
 	return 0;
+}
+
+/* ---- the tail, newest first (start-up) ---- */
+
+/* Steps of the tail walk start this far back and double up to the max, so
+ * a caller that has seen enough after the newest few batches stops after
+ * one small read, and a long walk still takes few reads. Reads and the
+ * header array stay below glibc's 128 KiB mmap and trim thresholds: buffers
+ * mapped and unmapped per partition (TLB flushes) cost more than the reads. */
+#define TAIL_STEP_FIRST (16u << 10)
+#define TAIL_STEP_MAX (64u << 10)
+#define TAIL_READ_MAX (64u << 10)
+
+/* The last index entry at or before file position `pos`. */
+static uint32_t seg_idx_at_pos(const struct segment *seg, uint64_t pos)
+{
+	uint32_t lo = 0, hi = seg->idx_n;
+	while (hi - lo > 1) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (seg->idx[mid].pos <= pos)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* Reads the headers of the batches in [from, to) of seg into *hs; the first
+ * must hold offset `base` and the last must end at offset `end_off`.
+ * `entries`: index entries in the range, to tell small batches from large. */
+static int tail_step(struct seg_reader *r, const struct segment *seg, uint64_t from, uint64_t to,
+		     uint64_t base, uint64_t end_off, uint32_t entries, uint32_t interval,
+		     struct batch_hdr **hs, uint32_t *n, uint32_t *cap)
+{
+	/* Entries are at least an index interval apart, one per batch when
+	 * batches are larger. Small batches: one read brings every header of
+	 * the step. Large ones: a page per header, not a copy of its body. */
+	uint64_t span = to - from;
+	bool large = entries > 0 && span / entries > 2u * (uint64_t)interval;
+	r->fd = seg->fd;
+	r->end = to;
+	r->pos = from;
+	r->buf_len = 0; /* the window may hold another segment's bytes */
+	r->readahead = large ? 4096 : span < TAIL_READ_MAX ? (size_t)span : TAIL_READ_MAX;
+	struct batch_hdr h;
+	uint64_t expect = base;
+	int ret;
+	*n = 0;
+	while ((ret = seg_reader_next_header(r, &h)) == 1) {
+		if (h.base_offset != expect) {
+			ret = -EBADMSG;
+			break;
+		}
+		expect = h.base_offset + h.record_count;
+		if (*n == *cap) {
+			uint32_t ncap = *cap ? *cap * 2 : 64;
+			struct batch_hdr *nh = realloc(*hs, ncap * sizeof(*nh));
+			if (nh == NULL) {
+				ret = -ENOMEM;
+				break;
+			}
+			*hs = nh;
+			*cap = ncap;
+		}
+		(*hs)[(*n)++] = h;
+	}
+	if (ret == 0 && (r->pos != to || expect != end_off))
+		ret = -EBADMSG; /* a zero header, or a batch missing before `to` */
+	return ret == -ENODATA ? -EBADMSG : ret;
+}
+
+int log_scan_tail(struct log *log, uint64_t max_bytes,
+		  int (*fn)(void *arg, const struct batch_hdr *h), void *arg)
+{
+	if (log->end != log->written_end)
+		return -EBUSY;
+	/* One reader and one header array for the whole walk: buffers
+	 * allocated and freed per step cost more than the reads. */
+	struct seg_reader r;
+	memset(&r, 0, sizeof(r));
+	struct batch_hdr *hs = NULL;
+	uint32_t n = 0, cap = 0;
+	uint64_t walked = 0, step = TAIL_STEP_FIRST;
+	int ret = 0;
+	bool stop = false;
+	for (uint32_t i = log->nsegs; i-- > 0 && !stop && ret == 0 && walked < max_bytes;) {
+		struct segment *seg = log->segs[i];
+		if (seg->fd < 0 || seg->written_pos == 0)
+			continue; /* not created yet, or empty */
+		ret = seg_load_index(log, seg);
+		uint64_t cursor = seg->written_pos, end_off = seg->end_offset;
+		uint32_t upto = seg->idx_n; /* entries below the cursor */
+		while (ret == 0 && !stop && cursor > 0 && walked < max_bytes) {
+			uint64_t back = max_bytes - walked < step ? max_bytes - walked : step;
+			uint64_t want = cursor > back ? cursor - back : 0;
+			uint64_t from = 0, base = seg->base;
+			uint32_t k = 0;
+			if (seg->idx_n > 0) {
+				k = seg_idx_at_pos(seg, want);
+				from = seg->idx[k].pos;
+				base = seg->base + seg->idx[k].rel_offset;
+			}
+			ret = tail_step(&r, seg, from, cursor, base, end_off, upto - k,
+					log->cfg.index_interval_bytes, &hs, &n, &cap);
+			for (uint32_t b = n; ret == 0 && b-- > 0;) {
+				if (fn(arg, &hs[b]) != 0) {
+					stop = true;
+					break;
+				}
+			}
+			walked += cursor - from;
+			cursor = from;
+			end_off = base;
+			upto = k;
+			if (step < TAIL_STEP_MAX)
+				step *= 2;
+		}
+	}
+	seg_reader_free(&r);
+	free(hs);
+	return ret;
 }
