@@ -7,6 +7,7 @@
 #   make demo       the order, inventory and notification services (examples/)
 #                   against a real broker; see tests/integration/demo.sh
 #   make san        the same tests under ASan+UBSan (build-san/)
+#   make torture    the long fault runs: 20 broker SIGKILLs under load
 #   make bench      benchmarks; writes docs/benchmarks.md figures to stdout
 #   make fuzz       short libFuzzer runs of every parser (clang)
 #   make clean
@@ -48,7 +49,7 @@ BENCHES := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*.
 EXAMPLES := $(BUILD)/examples/order-service $(BUILD)/examples/inventory-service \
 	$(BUILD)/examples/notification-service
 
-.PHONY: all deps run test test-run san bench fuzz clean demo
+.PHONY: all deps run test test-run san bench fuzz clean demo torture
 
 all: $(LIBS_OUT) $(TOOLS) $(UNIT_TESTS) $(REPLAYS) $(BENCHES) $(EXAMPLES)
 
@@ -141,6 +142,11 @@ test: deps
 
 test-run:
 	@tests/run_tests.sh $(BUILD) $(FUZZ_TARGETS)
+
+# make test runs the crash loop with 5 kills; this one with 20.
+torture: deps
+	@$(MAKE) --no-print-directory all
+	RINGMQ_TORTURE=1 $(BUILD)/tests/broker/test_crash
 
 demo: deps
 	@$(MAKE) --no-print-directory all
