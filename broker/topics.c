@@ -237,6 +237,13 @@ static int read_topic_conf(const char *topic_dir, struct topic_config *tc, char 
 	bool have_parts = false;
 	while (ret == 0 && fgets(line, sizeof(line), f) != NULL) {
 		lineno++;
+		/* The broker writes short lines: a longer one was not its own. */
+		if (strchr(line, '\n') == NULL && !feof(f)) {
+			sfmt(why, cap, "%s:%d: line longer than %zu bytes", path, lineno,
+			     sizeof(line) - 2);
+			ret = -EINVAL;
+			break;
+		}
 		char *hash = strchr(line, '#');
 		if (hash)
 			*hash = '\0';
@@ -263,6 +270,7 @@ static int read_topic_conf(const char *topic_dir, struct topic_config *tc, char 
 			if (parse_u64(v, false, &n) != 0 || n < 1 || n > PARTITIONS_MAX) {
 				sfmt(why, cap, "%s:%d: bad partitions '%s'", path, lineno, v);
 				ret = -EINVAL;
+				break;
 			}
 			tc->partitions = (uint32_t)n;
 			have_parts = true;
