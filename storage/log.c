@@ -459,6 +459,11 @@ uint64_t log_written_end(const struct log *log)
 	return log->written_end;
 }
 
+uint64_t log_failed_from(const struct log *log)
+{
+	return log->fail_from;
+}
+
 uint64_t log_durable_end(const struct log *log)
 {
 	return log->durable_end;
@@ -779,6 +784,7 @@ static void log_advance(struct log *log)
 {
 	struct log_env *env = log->env;
 	uint64_t written = log->written_end;
+	int failed = 0;
 	while (log->wop_head != NULL && log->wop_head->complete) {
 		struct wop *w = log->wop_head;
 		struct chunk *c = w->chunk;
@@ -789,11 +795,26 @@ static void log_advance(struct log *log)
 		log->wops_inflight--;
 		c->inflight--;
 		if (w->err && !log->wfail) {
-			say_error("log %s: write of %u bytes at %s:%" PRIu64 " failed: %s", log->dir,
-				  w->len, seg->name_log, w->file_pos, strerror(-w->err));
+			int64_t now = log_wall_ms();
+			log->wfail_logged = now - log->wfail_log_ms >= 10000;
+			if (!log->wfail_logged) {
+				log->wfail_unlogged++;
+			} else if (log->wfail_unlogged > 0) {
+				say_error("log %s: write of %u bytes at %s:%" PRIu64 " failed: %s "
+					  "(and %" PRIu64 " more failed writes since the last report)",
+					  log->dir, w->len, seg->name_log, w->file_pos,
+					  strerror(-w->err), log->wfail_unlogged);
+			} else {
+				say_error("log %s: write of %u bytes at %s:%" PRIu64 " failed: %s",
+					  log->dir, w->len, seg->name_log, w->file_pos,
+					  strerror(-w->err));
+			}
+			if (log->wfail_logged) {
+				log->wfail_log_ms = now;
+				log->wfail_unlogged = 0;
+			}
 			log->wfail = w->err;
-			wq_fail_from(&log->wq_head, &log->wq_tail, written, w->err);
-			wq_fail_from(&log->dq_head, &log->dq_tail, written, w->err);
+			failed = w->err; /* its waiters are told below, after the writes before it */
 		}
 		if (!log->wfail) {
 			assert(w->file_pos == seg->written_pos);
@@ -809,11 +830,11 @@ static void log_advance(struct log *log)
 		w->next = env->free_wops;
 		env->free_wops = w;
 	}
-	if (log->wfail) {
-		rewind_step(log);
-		return;
-	}
-	chunks_reclaim(log);
+	/* Before a rewind too: writes that completed ahead of the failed one
+	 * (completions may come out of order, and then arrive in one pass) are
+	 * in the file, and the rewind keeps the log up to written_end. Left
+	 * out, the log would end before them while their bytes stay in the
+	 * file, and the next appends would reuse their offsets. */
 	if (written > log->written_end) {
 		log_set_watermarks(log, written, log->durable_end);
 		/* flush "always": every write is fdatasynced (group-committed),
@@ -821,6 +842,18 @@ static void log_advance(struct log *log)
 		if (log->cfg.flush == LOG_FLUSH_ALWAYS)
 			log->sync_wanted = true;
 	}
+	if (failed) {
+		/* Everything from the failed write on is gone: its waiters and
+		 * those after it fail, with written_end at the first of them. */
+		log->fail_from = written;
+		wq_fail_from(&log->wq_head, &log->wq_tail, written, failed);
+		wq_fail_from(&log->dq_head, &log->dq_tail, written, failed);
+	}
+	if (log->wfail) {
+		rewind_step(log);
+		return;
+	}
+	chunks_reclaim(log);
 	for (uint32_t i = log->nsegs; i-- > 0;) {
 		struct segment *seg = log->segs[i];
 		if (seg->state == SEG_SEALING)
@@ -1061,6 +1094,7 @@ static void create_failed(struct segment *seg, int err)
 			break;
 	}
 	log->end = base;
+	log->fail_from = base;
 	wq_fail_from(&log->wq_head, &log->wq_tail, base, err);
 	wq_fail_from(&log->dq_head, &log->dq_tail, base, err);
 	log_mark_dirty(log);
@@ -1218,8 +1252,9 @@ static void rewind_step(struct log *log)
 		log_fail_permanently(log, err, "cleaning up after a failed write");
 		return;
 	}
-	say_warn("log %s: recovered from a failed write (%s); appending again at offset %" PRIu64,
-		 log->dir, strerror(-log->wfail), log->end);
+	if (log->wfail_logged)
+		say_warn("log %s: recovered from a failed write (%s); appending again at offset %"
+			 PRIu64, log->dir, strerror(-log->wfail), log->end);
 	log->wfail = 0;
 	log_mark_dirty(log);
 }

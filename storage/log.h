@@ -156,6 +156,10 @@ const char *log_dir(const struct log *log);
 uint64_t log_start(const struct log *log);
 uint64_t log_end(const struct log *log);
 uint64_t log_written_end(const struct log *log);
+/* In the callback of a waiter that a failed write or segment start fails:
+ * the first offset that failed. Every append from there on is gone; the
+ * ones before it stay. */
+uint64_t log_failed_from(const struct log *log);
 uint64_t log_durable_end(const struct log *log);
 uint64_t log_visible_end(const struct log *log);
 /* Bytes on disk in all segments (data, not preallocation). */

@@ -193,6 +193,12 @@ struct log {
 	int wfail;  /* a write failed: rewinding; appends refused meanwhile */
 	int failed; /* permanent until reopened */
 	bool rewinding;
+	uint64_t fail_from; /* the first offset of the appends that failed last */
+	/* Failed writes are logged at most every 10 s per log: a producer
+	 * retrying into a full disk fails one write per retry. */
+	int64_t wfail_log_ms;
+	uint64_t wfail_unlogged;
+	bool wfail_logged;  /* this failure was logged: so is its recovery */
 	/* env bookkeeping */
 	bool in_dirty_list;
 	struct log *next_dirty;

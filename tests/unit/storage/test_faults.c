@@ -414,6 +414,121 @@ static void test_group_commit(void **state)
 	assert_true(f->fsyncs * 16 <= appended);
 }
 
+static unsigned ooo_writes_seen;
+
+/* A write that succeeded but is heard of after a later write of the same
+ * log failed (io_uring completes independent writes in any order): its
+ * waiter hears success, the log keeps it, and the next append goes after
+ * it, before and after a reopen. Own environment: no fault plan of fx.
+ * Holds the first data write back; fails the second. */
+static bool ooo_hold(void *arg, const struct ioq_op *op, int res)
+{
+	(void)arg;
+	(void)res;
+	return op->kind == IOQ_WRITE && ++ooo_writes_seen == 1;
+}
+
+static void ooo_hook(void *arg, const struct ioq_op *op, int *res)
+{
+	(void)arg;
+	if (op->kind == IOQ_WRITE && ooo_writes_seen == 2 && *res > 0)
+		*res = -ENOSPC;
+}
+
+struct ooo_waiter {
+	struct log_waiter w;
+	bool fired;
+	int err;
+};
+
+static void ooo_fire(struct log_waiter *lw, int err)
+{
+	struct ooo_waiter *w = (struct ooo_waiter *)lw;
+	w->fired = true;
+	w->err = err;
+}
+
+static void test_ok_write_completing_after_a_failed_one(void **state)
+{
+	(void)state;
+	struct tu_env t;
+	tu_env_init(&t);
+	char *dir = tu_tmpdir("faults-ooo");
+	struct log_config cfg;
+	tu_config(&cfg, 1u << 20);
+	struct log *log;
+	assert_int_equal(log_open(t.env, dir, &cfg, &log, NULL), 0);
+	struct model m = { 0 };
+	struct ioq_fault fault = { .hook = ooo_hook, .hold = ooo_hold, .seed = 1 };
+	t.q.fault = &fault;
+
+	uint32_t la, lb, lc;
+	uint8_t *a = tu_batch(5, 40, 1, 1, false, &la);
+	uint8_t *b = tu_batch(5, 40, 2, 2, false, &lb);
+	uint8_t *c = tu_batch(5, 40, 3, 3, false, &lc);
+	uint64_t ba, bb, bc;
+	struct ooo_waiter wa = { .w = { .fn = ooo_fire } }, wb = { .w = { .fn = ooo_fire } };
+	/* A: its own write, held back (the kernel wrote it; we hear later). */
+	assert_int_equal(log_append(log, a, la, &ba), 0);
+	wa.w.offset = ba + 4;
+	log_wait_written(log, &wa.w);
+	log_env_flush(t.env);
+	ioq_wait(&t.q, 100);
+	/* B: a second write, which fails (ENOSPC) and is heard of first. */
+	assert_int_equal(log_append(log, b, lb, &bb), 0);
+	wb.w.offset = bb + 4;
+	log_wait_written(log, &wb.w);
+	log_env_flush(t.env);
+	for (int i = 0; i < 20 && !wb.fired; i++)
+		ioq_wait(&t.q, 10);
+	printf("# B failed first: fired %d err %d; held %u\n", wb.fired, wb.err, fault.nheld);
+	/* Now A's success arrives. */
+	ioq_fault_release(&t.q, IOQ_HELD_MAX);
+	for (int i = 0; i < 50; i++) {
+		log_env_flush(t.env);
+		ioq_wait(&t.q, 5);
+	}
+	printf("# A: fired %d err %d; log end %llu, written end %llu (A is [%llu, %llu))\n",
+	       wa.fired, wa.err, (unsigned long long)log_end(log),
+	       (unsigned long long)log_written_end(log), (unsigned long long)ba,
+	       (unsigned long long)bb);
+	t.q.fault = NULL;
+	/* C goes in after the recovery. */
+	assert_int_equal(log_append_sync(log, c, lc, true, &bc), 0);
+	printf("# C appended at %llu; A fired %d err %d\n", (unsigned long long)bc, wa.fired,
+	       wa.err);
+	/* A was written and its waiter was told so (now or later): it is in
+	 * the log, and C follows it. */
+	model_add(&m, ba, 5, 40, 1, 1);
+	model_add(&m, bb, 5, 40, 3, 3); /* where C belongs */
+	printf("# before reopening, reading the log back against A at %llu, C at %llu:\n",
+	       (unsigned long long)ba, (unsigned long long)bb);
+	long before = check_all(log, &m, 0);
+	assert_int_equal(log_close(log), 0);
+	struct log_recovery rep;
+	assert_int_equal(log_open(t.env, dir, &cfg, &log, &rep), 0);
+	assert_int_equal(log_sync(log), 0);
+	printf("# reopened: log end %llu; recovery cut %llu bytes (%s)\n",
+	       (unsigned long long)log_end(log), (unsigned long long)rep.truncated_bytes,
+	       rep.truncated_why ? rep.truncated_why : "nothing");
+	long after = check_all(log, &m, 0);
+	printf("# records that read back right: %ld before the reopen, %ld after (10 expected)\n",
+	       before, after);
+	assert_true(wa.fired);
+	assert_int_equal(wa.err, 0);
+	assert_int_equal(bc, bb);
+	assert_int_equal(before, 10);
+	assert_int_equal(after, 10);
+	log_close(log);
+	tu_env_fini(&t);
+	tu_rmtree(dir);
+	free(dir);
+	free(a);
+	free(b);
+	free(c);
+	model_free(&m);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -422,6 +537,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_failed_fsync_stops_log, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failed_segment_start, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+		cmocka_unit_test(test_ok_write_completing_after_a_failed_one),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
