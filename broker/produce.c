@@ -82,6 +82,8 @@ static void set_err(struct produce_req *pr, uint32_t i, uint16_t err, const char
 	pr->c->loop->api[API_PRODUCE].errors++;
 }
 
+static void pstates_rollback(struct partition *p, uint64_t end);
+
 static void wait_done(struct log_waiter *w, int err)
 {
 	struct pwait *pw = (struct pwait *)w;
@@ -92,7 +94,7 @@ static void wait_done(struct log_waiter *w, int err)
 		/* The log rolled those batches back: a retry must be appended,
 		 * not answered as a duplicate of what is no longer there. */
 		if (err != -ENOENT)
-			pw->part->nproducers = 0;
+			pstates_rollback(pw->part, log_failed_from(pw->part->log));
 	}
 	if (--pr->pending == 0)
 		produce_finish(pr);
@@ -339,6 +341,23 @@ int produce_restore_producers(struct partition *p)
 	if (ret == 0)
 		ret = r.err;
 	return ret != 0 ? ret : (int)p->nproducers;
+}
+
+/* After a failed write the log ends at `end` again: every producer forgets
+ * the batches it had appended from there on, and expects the first of them
+ * next. Forgetting the producers instead would take a later batch of theirs
+ * as the first one seen, ahead of the earlier one that failed: stored out
+ * of order, the earlier one's retry refused as out of sequence, and stored
+ * twice by a producer that then starts over under a new id. */
+static void pstates_rollback(struct partition *p, uint64_t end)
+{
+	for (uint32_t i = 0; i < p->nproducers; i++) {
+		struct pstate *st = &p->producers[i];
+		while (st->nrecent > 0 && st->recent[st->nrecent - 1].base_offset >= end) {
+			st->nrecent--;
+			st->next_seq = st->recent[st->nrecent].base_seq;
+		}
+	}
 }
 
 /* Checks every idempotent batch of a partition's data before any is
