@@ -139,6 +139,7 @@ struct timer_heap {
 struct worker;
 struct groups;
 struct offsets;
+struct topic_job;
 
 struct loop {
 	struct ioq q;
@@ -154,6 +155,9 @@ struct loop {
 	char listen_addr[128], http_addr[128];
 	struct ioq_op accept_op, http_accept_op;
 	bool accept_armed, http_accept_armed;
+	/* accept failures (out of descriptors...): logged at most every 10 s */
+	int64_t accept_err_log_ms;
+	uint64_t accept_errs_unlogged;
 	/* signals */
 	int sig_fd;
 	struct ioq_op sig_op;
@@ -178,6 +182,7 @@ struct loop {
 	uint8_t *arena_buf;
 	/* pending topic deletions waiting for their logs to go idle */
 	struct delete_req *deletes;
+	struct topic_job *forgets; /* deleted topics whose group offsets wait to be dropped */
 	/* consumer groups and their committed offsets */
 	struct groups *groups;
 	struct offsets *offsets;

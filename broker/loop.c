@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -193,6 +194,29 @@ static void arm_accept(struct loop *l, bool http)
 	*armed = true;
 }
 
+/* A failed accept. Out of descriptors or memory, the connection stays in
+ * the listen queue and the next accept fails the same way at once: the
+ * listener is then left unarmed until the next tick re-arms it (TICK_MS),
+ * instead of spinning, and the failure is logged once per 10 s, not once
+ * per attempt. Returns true if the listener should be re-armed now. */
+static bool accept_failed(struct loop *l, const char *what, int res)
+{
+	int64_t now = now_ms();
+	if (now - l->accept_err_log_ms >= 10000) {
+		if (l->accept_errs_unlogged > 0)
+			say_warn("%s failed: %s (and %" PRIu64 " more failures since the last "
+				 "report); waiting connections stay queued", what, strerror(-res),
+				 l->accept_errs_unlogged);
+		else
+			say_warn("%s failed: %s", what, strerror(-res));
+		l->accept_err_log_ms = now;
+		l->accept_errs_unlogged = 0;
+	} else {
+		l->accept_errs_unlogged++;
+	}
+	return res != -EMFILE && res != -ENFILE && res != -ENOBUFS && res != -ENOMEM;
+}
+
 static void accept_done(struct ioq_op *op, int res, unsigned flags)
 {
 	struct loop *l = (struct loop *)((char *)op - offsetof(struct loop, accept_op));
@@ -205,7 +229,8 @@ static void accept_done(struct ioq_op *op, int res, unsigned flags)
 			conn_accept(l, res);
 	} else if (res != -ECANCELED && res != -EINTR && !l->stopping) {
 		/* (While stopping, the listener's shutdown ends the accept.) */
-		say_warn("accept failed: %s", strerror(-res));
+		if (!accept_failed(l, "accept", res))
+			return; /* the tick re-arms it */
 	}
 	arm_accept(l, false);
 }
@@ -222,7 +247,8 @@ static void http_accept_done(struct ioq_op *op, int res, unsigned flags)
 			http_accept(l, res);
 	} else if (res != -ECANCELED && res != -EINTR && !l->stopping) {
 		/* (While stopping, the listener's shutdown ends the accept.) */
-		say_warn("http accept failed: %s", strerror(-res));
+		if (!accept_failed(l, "http accept", res))
+			return; /* the tick re-arms it */
 	}
 	arm_accept(l, true);
 }
@@ -435,7 +461,7 @@ int loop_run(struct loop *l)
 		timers_run(l, now);
 		if (l->blocked)
 			conn_retry_blocked(l);
-		if (l->deletes)
+		if (l->deletes || l->forgets)
 			topics_poll_deletes(l);
 		if (now >= l->next_tick_ms) {
 			tick(l, now);

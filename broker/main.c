@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "broker/broker.h"
 #include "common/say.h"
@@ -27,6 +28,29 @@ static const char usage[] =
 	"Once serving it prints one line to stderr:\n"
 	"  ringmqd: ready on HOST:PORT (http HOST:PORT)\n"
 	"SIGTERM or SIGINT: stop accepting, finish in-flight appends, fdatasync, exit 0.\n";
+
+/* Every connection is a descriptor, and so is every segment file: a soft
+ * RLIMIT_NOFILE of 1024 (a common default) would stop the broker far below
+ * max.connections. Raise it as far as the hard limit allows, and say so if
+ * that is not enough. */
+static void raise_nofile(const struct broker_config *cfg)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return;
+	rlim_t want = (rlim_t)cfg->max_connections + cfg->http_max_connections + 1024;
+	if (rl.rlim_cur < want && rl.rlim_cur != RLIM_INFINITY) {
+		rlim_t old = rl.rlim_cur;
+		rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+		if (rl.rlim_cur > old && setrlimit(RLIMIT_NOFILE, &rl) != 0)
+			rl.rlim_cur = old;
+	}
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+		say_warn("only %llu file descriptors are allowed (RLIMIT_NOFILE, hard limit %llu): "
+			 "fewer than max.connections (%u) needs; connections beyond the limit "
+			 "wait in the listen queue", (unsigned long long)rl.rlim_cur,
+			 (unsigned long long)rl.rlim_max, cfg->max_connections);
+}
 
 int main(int argc, char **argv)
 {
@@ -98,6 +122,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	say_set_level(cfg.log_level);
+	raise_nofile(&cfg);
 
 	struct loop *l = calloc(1, sizeof(*l));
 	if (l == NULL)

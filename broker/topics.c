@@ -310,6 +310,14 @@ struct topic_job {
 	struct conn *c;
 	uint32_t corr;
 	uint16_t api;
+	/* JOB_DELETE: the record that the groups forget the topic could not
+	 * be stored before (a full disk, which the deletion remedies): it is
+	 * written again once the files are removed, before the answer. */
+	bool forget_offsets;
+	struct loop *l;
+	char name[TOPIC_NAME_MAX + 1];
+	int64_t forget_deadline, forget_next_ms; /* retried every 100 ms until then */
+	struct topic_job *next_forget;           /* in l->forgets */
 };
 
 static void job_run(struct job *job)
@@ -394,6 +402,50 @@ static void job_reply(struct topic_job *j)
 	conn_unref(c);
 }
 
+/* The record that every group forgets a deleted topic, written again once
+ * its files are gone: a few tries over FORGET_RETRY_MS (the offsets log may
+ * still be cleaning up after the write that failed), then the deletion is
+ * answered. */
+#define FORGET_RETRY_MS 5000
+
+static void offsets_dropped_late(void *arg, int err);
+
+static void forget_try(struct topic_job *j)
+{
+	struct offset_rec rec = { NULL, j->name, 0, 0 };
+	int err = offsets_append(j->l, &rec, 1, offsets_dropped_late, j);
+	if (err != 0)
+		offsets_dropped_late(j, err);
+}
+
+static void offsets_dropped_late(void *arg, int err)
+{
+	struct topic_job *j = arg;
+	int64_t now = now_ms();
+	if (err != 0 && err != -ESHUTDOWN && now < j->forget_deadline && !j->l->stopping) {
+		j->forget_next_ms = now + 100;
+		j->next_forget = j->l->forgets;
+		j->l->forgets = j;
+		return;
+	}
+	struct offset_rec rec = { NULL, j->name, 0, 0 };
+	/* In memory either way: this broker must not hand a topic created
+	 * again under the name the old topic's offsets. */
+	groups_apply(j->l, &rec);
+	if (err != 0) {
+		j->err = err;
+		sfmt(j->why, sizeof(j->why),
+		     "topic %s was deleted, but its consumer-group offsets could not be dropped "
+		     "durably (%s): a restart would bring them back", j->name, strerror(-err));
+		say_error("%s", j->why);
+	} else {
+		say_info("deleting topic %s: dropped its group offsets", j->name);
+	}
+	job_reply(j);
+	free(j->logs);
+	free(j);
+}
+
 static void job_done(struct loop *l, struct job *job)
 {
 	struct topic_job *j = (struct topic_job *)job;
@@ -403,9 +455,16 @@ static void job_done(struct loop *l, struct job *job)
 			say_error("deleting topic %s: %s", t->name, j->why);
 		else
 			say_info("deleted topic %s", t->name);
+		sfmt(j->name, sizeof(j->name), "%s", t->name);
 		registry_remove(&l->reg, t);
 		topic_free(t);
 		j->err = 0; /* the topic is gone from the broker either way */
+		if (j->forget_offsets) {
+			j->l = l;
+			j->forget_deadline = now_ms() + FORGET_RETRY_MS;
+			forget_try(j);
+			return; /* answered by offsets_dropped_late */
+		}
 	} else if (j->err != 0) {
 		say_error("%s topic %s: %s", j->kind == JOB_CREATE ? "creating" : "altering",
 			  t->name, j->why);
@@ -595,6 +654,7 @@ struct delete_req {
 	struct conn *c;
 	uint32_t corr;
 	bool offsets_pending; /* the groups' offsets for it are being dropped */
+	bool offsets_failed;  /* that could not be stored: try again after the files go */
 };
 
 /* The store's record that every group forgets the topic is durable: a
@@ -604,8 +664,12 @@ static void offsets_dropped(void *arg, int err)
 	struct delete_req *d = arg;
 	d->offsets_pending = false;
 	if (err != 0) {
-		say_error("deleting topic %s: cannot drop its group offsets: %s", d->t->name,
-			  strerror(-err));
+		/* Most likely a full disk, which removing the topic's files is
+		 * about to remedy: the deletion goes ahead, and the record is
+		 * written again before the deletion is answered. */
+		say_warn("deleting topic %s: cannot drop its group offsets yet (%s); trying again "
+			 "once its files are removed", d->t->name, strerror(-err));
+		d->offsets_failed = true;
 		return;
 	}
 	struct offset_rec rec = { NULL, d->t->name, 0, 0 };
@@ -660,6 +724,16 @@ void handle_delete_topic(struct conn *c, uint32_t corr, const struct proto_delet
  * files to the worker. */
 void topics_poll_deletes(struct loop *l)
 {
+	int64_t now = now_ms();
+	for (struct topic_job **pj = &l->forgets; *pj;) {
+		struct topic_job *j = *pj;
+		if (now < j->forget_next_ms) {
+			pj = &j->next_forget;
+			continue;
+		}
+		*pj = j->next_forget;
+		forget_try(j); /* may put it back at the head: already passed */
+	}
 	for (struct delete_req **pd = &l->deletes; *pd;) {
 		struct delete_req *d = *pd;
 		struct topic *t = d->t;
@@ -687,6 +761,7 @@ void topics_poll_deletes(struct loop *l)
 		} else {
 			sfmt(j->trash_dir, sizeof(j->trash_dir), "%s/%s%s-%" PRId64,
 				 l->cfg->data_dir, TRASH_PREFIX, t->name, now_ms());
+			j->forget_offsets = d->offsets_failed;
 			worker_submit(l->worker, &j->job); /* the delete_req's ref moves over */
 		}
 		free(d);
@@ -850,6 +925,11 @@ int topics_load(struct loop *l)
 
 void topics_close_all(struct loop *l)
 {
+	while (l->forgets != NULL) {
+		struct topic_job *j = l->forgets;
+		l->forgets = j->next_forget;
+		offsets_dropped_late(j, -ESHUTDOWN);
+	}
 	struct registry *r = &l->reg;
 	for (uint32_t s = 0; s < r->nslots; s++) {
 		for (struct topic *t = r->slots[s], *n; t != NULL; t = n) {
