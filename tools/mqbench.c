@@ -58,6 +58,8 @@ struct opts {
 	const char *acks;
 	unsigned producers;
 	unsigned consumers;
+	bool consumers_set;
+	unsigned groups;        /* e2e: consumers are members of this many groups, one each */
 	uint32_t partitions;    /* for a topic mqbench creates; 0: the broker's default */
 	const char *flush;      /* the same */
 	uint32_t keys;
@@ -207,6 +209,7 @@ struct consumer {
 	int64_t last_ns;
 	int err;
 	char errstr[256];
+	char group[256];        /* --groups: the group this consumer is the member of */
 };
 
 struct run {
@@ -415,7 +418,9 @@ static bool consumer_done(struct run *r, struct consumer *cs)
 	const struct opts *o = &r->o;
 	if (o->mode == MODE_E2E) {
 		uint64_t got = 0;
-		for (unsigned i = 0; i < o->consumers; i++)
+		if (o->groups) /* every group gets every message */
+			got = __atomic_load_n(&cs->msgs, __ATOMIC_RELAXED);
+		for (unsigned i = 0; !o->groups && i < o->consumers; i++)
 			got += __atomic_load_n(&r->cons[i].msgs, __ATOMIC_RELAXED);
 		return got >= __atomic_load_n(&r->expected, __ATOMIC_ACQUIRE) ||
 		       mono_ns() >= __atomic_load_n(&r->drain_deadline, __ATOMIC_RELAXED);
@@ -484,7 +489,8 @@ static void *consumer_main(void *arg)
 		}
 		__atomic_store_n(&cs->bytes, cs->bytes + bytes, __ATOMIC_RELAXED);
 		__atomic_store_n(&cs->msgs, cs->msgs + got, __ATOMIC_RELAXED);
-		cs->last_ns = now;
+		if (got)
+			__atomic_store_n(&cs->last_ns, now, __ATOMIC_RELAXED);
 	}
 	free(msgs);
 	return NULL;
@@ -603,6 +609,62 @@ static void start_producers(struct run *r)
 	}
 }
 
+/* --groups: consumer i is the only member of a group of its own, new to the
+ * broker (so it starts at the log's end: auto.offset.reset latest), and
+ * holds every partition. Each waits until the broker has assigned it all of
+ * them, so none misses a message the producers send once the clock starts. */
+static void start_group_members(struct run *r)
+{
+	const struct opts *o = &r->o;
+	int64_t deadline = mono_ns() + (int64_t)(o->timeout * 1e9);
+	struct ringmq_config *cfg = ringmq_config_dup(r->cfg);
+	if (cfg == NULL)
+		die("out of memory");
+	set_conf(cfg, "auto.offset.reset", "latest");
+	struct ringmq_message *msgs = calloc(POLL_MAX, sizeof(*msgs));
+	if (msgs == NULL)
+		die("out of memory");
+	for (unsigned i = 0; i < o->groups; i++) {
+		struct consumer *cs = &r->cons[i];
+		char err[256];
+		const char *topics[] = { o->topic };
+		cs->idx = i;
+		/* Unique per run, so the group has no committed offsets. */
+		snprintf(cs->group, sizeof(cs->group), "mqbench-%.150s-%ld-g%u", o->topic,
+			 (long)getpid(), i + 1);
+		cs->c = ringmq_consumer_new(cfg, err, sizeof(err));
+		if (cs->c == NULL)
+			die("consumer %u: %s", i, err);
+		if (ringmq_consumer_subscribe(cs->c, cs->group, topics, 1, err, sizeof(err)) != 0)
+			die("group %s: %s", cs->group, err);
+	}
+	for (unsigned i = 0; i < o->groups; i++) {
+		struct consumer *cs = &r->cons[i];
+		for (;;) {
+			char err[256];
+			size_t n = 0;
+			int ret = ringmq_consumer_poll(cs->c, 50, msgs, POLL_MAX, &n, err,
+						       sizeof(err));
+			if (ret != 0)
+				die("group %s: %s", cs->group, err);
+			/* Anything polled now was there before the clock started:
+			 * the e2e stamps would mark it foreign anyway. */
+			struct ringmq_topic_partition *tps;
+			size_t np = 0;
+			if (ringmq_consumer_assignment(cs->c, &tps, &np) != 0)
+				die("out of memory");
+			free(tps);
+			if (np >= r->nparts)
+				break;
+			if (mono_ns() >= deadline)
+				die("group %s: assigned %zu of %u partitions within --timeout %.0f s",
+				    cs->group, np, r->nparts, o->timeout);
+		}
+	}
+	free(msgs);
+	ringmq_config_free(cfg);
+}
+
 /* Partition p goes to consumer p % consumers. */
 static void start_consumers(struct run *r)
 {
@@ -610,6 +672,10 @@ static void start_consumers(struct run *r)
 	r->cons = calloc(o->consumers, sizeof(*r->cons));
 	if (r->cons == NULL)
 		die("out of memory");
+	if (o->groups) {
+		start_group_members(r);
+		return;
+	}
 	for (unsigned i = 0; i < o->consumers; i++) {
 		struct consumer *cs = &r->cons[i];
 		char err[256];
@@ -644,6 +710,7 @@ struct totals {
 	struct hist lat;        /* what the mode measures: ack or e2e latency */
 	struct hist ack;        /* e2e: the producers' ack latency too */
 	int64_t last_ns;
+	int64_t last_ack_ns;    /* the producers' last acknowledgement */
 	int first_err;
 };
 
@@ -662,6 +729,8 @@ static void sum_up(struct run *r, struct totals *t)
 		int64_t last = __atomic_load_n(&pr->last_ack_ns, __ATOMIC_RELAXED);
 		if (o->mode == MODE_PRODUCE && last > t->last_ns)
 			t->last_ns = last;
+		if (last > t->last_ack_ns)
+			t->last_ack_ns = last;
 		if (t->first_err == 0)
 			t->first_err = pr->first_err;
 	}
@@ -673,8 +742,9 @@ static void sum_up(struct run *r, struct totals *t)
 		t->bytes += __atomic_load_n(&cs->bytes, __ATOMIC_RELAXED);
 		t->foreign += cs->foreign;
 		hist_merge(&t->lat, &cs->e2e);
-		if (cs->last_ns > t->last_ns)
-			t->last_ns = cs->last_ns;
+		int64_t last = __atomic_load_n(&cs->last_ns, __ATOMIC_RELAXED);
+		if (last > t->last_ns)
+			t->last_ns = last;
 	}
 	if (o->mode == MODE_PRODUCE)
 		t->msgs = t->acked;
@@ -722,6 +792,29 @@ static void print_lat_json(const char *name, const struct hist *h)
 	       h->n ? (double)h->sum / (double)h->n / 1e3 : 0.0);
 }
 
+/* --groups: one group's messages/s and MB/s, from the clock's start to the
+ * last message it received. */
+static double group_elapsed(const struct run *r, const struct consumer *cs)
+{
+	return cs->last_ns > r->start_ns ? (double)(cs->last_ns - r->start_ns) / 1e9 : 0;
+}
+
+static double group_rate(const struct run *r, const struct consumer *cs)
+{
+	double el = group_elapsed(r, cs);
+	return el > 0 ? (double)cs->msgs / el : 0;
+}
+
+/* The group that received least per second. */
+static const struct consumer *slowest_group(const struct run *r)
+{
+	const struct consumer *min = &r->cons[0];
+	for (unsigned i = 1; i < r->o.groups; i++)
+		if (group_rate(r, &r->cons[i]) < group_rate(r, min))
+			min = &r->cons[i];
+	return min;
+}
+
 /* Topic names are [A-Za-z0-9._-]: nothing in them needs escaping in JSON. */
 static void report(struct run *r, const struct totals *t, double elapsed, double cpu_user,
 		   double cpu_sys, bool complete)
@@ -729,26 +822,56 @@ static void report(struct run *r, const struct totals *t, double elapsed, double
 	const struct opts *o = &r->o;
 	double msgs_s = elapsed > 0 ? (double)t->msgs / elapsed : 0;
 	double mb_s = elapsed > 0 ? (double)t->bytes / elapsed / 1e6 : 0;
+	uint64_t msgs = t->msgs, bytes = t->bytes;
+	if (o->groups) {
+		/* Every group reads every message: the headline is the slowest. */
+		const struct consumer *g = slowest_group(r);
+		double el = group_elapsed(r, g);
+		msgs = g->msgs;
+		bytes = g->bytes;
+		msgs_s = group_rate(r, g);
+		mb_s = el > 0 ? (double)g->bytes / el / 1e6 : 0;
+	}
+	double ack_el = t->last_ack_ns > r->start_ns ? (double)(t->last_ack_ns - r->start_ns) / 1e9
+						     : 0;
+	double acked_s = ack_el > 0 ? (double)t->acked / ack_el : 0;
 	const char *bs = o->batch_size ? o->batch_size : "default";
 	const char *lg = o->linger_ms ? o->linger_ms : "default";
 	if (o->json) {
 		printf("{\"mode\":\"%s\",\"topic\":\"%s\",\"partitions\":%u,\"flush\":\"%s\","
-		       "\"producers\":%u,\"consumers\":%u,\"size\":%u,\"keys\":%u,"
-		       "\"acks\":\"%s\",\"compression\":\"%s\",\"batch_size\":\"%s\","
-		       "\"linger_ms\":\"%s\",\"rate\":%g,\"warmup_s\":%g",
+		       "\"producers\":%u,\"consumers\":%u,\"groups\":%u,\"size\":%u,"
+		       "\"keys\":%u,\"acks\":\"%s\",\"compression\":\"%s\","
+		       "\"batch_size\":\"%s\",\"linger_ms\":\"%s\",\"rate\":%g,"
+		       "\"warmup_s\":%g",
 		       mode_name[o->mode], o->topic, r->nparts, r->flush,
 		       o->mode == MODE_CONSUME ? 0 : o->producers,
-		       o->mode == MODE_PRODUCE ? 0 : o->consumers, o->size, o->keys, o->acks,
-		       o->compression, bs, lg, o->rate, o->warmup);
+		       o->mode == MODE_PRODUCE ? 0 : o->consumers, o->groups, o->size, o->keys,
+		       o->acks, o->compression, bs, lg, o->rate, o->warmup);
 		printf(",\"messages\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"sent\":%" PRIu64
 		       ",\"failed\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"foreign\":%" PRIu64
 		       ",\"elapsed_s\":%.3f,\"msgs_per_s\":%.0f,\"mb_per_s\":%.2f",
-		       t->msgs, t->bytes, t->sent, t->failed, t->refused, t->foreign, elapsed,
-		       msgs_s, mb_s);
+		       msgs, bytes, t->sent, t->failed,
+		       t->refused, t->foreign, elapsed, msgs_s, mb_s);
+		if (o->mode == MODE_E2E)
+			printf(",\"acked\":%" PRIu64 ",\"acked_per_s\":%.0f", t->acked, acked_s);
 		if (o->mode != MODE_CONSUME)
 			print_lat_json("latency_us", &t->lat);
 		if (o->mode == MODE_E2E)
 			print_lat_json("ack_latency_us", &t->ack);
+		for (unsigned i = 0; i < o->groups; i++) {
+			const struct consumer *cs = &r->cons[i];
+			double el = group_elapsed(r, cs);
+			printf("%s{\"group\":\"%s\",\"messages\":%" PRIu64 ",\"msgs_per_s\":%.0f,"
+			       "\"mb_per_s\":%.2f,\"last_after_last_ack_ms\":%.1f",
+			       i == 0 ? ",\"group_results\":[" : ",", cs->group, cs->msgs,
+			       group_rate(r, cs), el > 0 ? (double)cs->bytes / el / 1e6 : 0,
+			       cs->last_ns && t->last_ack_ns
+				       ? (double)(cs->last_ns - t->last_ack_ns) / 1e6 : 0.0);
+			print_lat_json("latency_us", &cs->e2e);
+			printf(",\"complete\":%s}%s", cs->msgs >= t->acked && !cs->err ? "true"
+											 : "false",
+			       i + 1 == o->groups ? "]" : "");
+		}
 		printf(",\"cpu_user_s\":%.2f,\"cpu_sys_s\":%.2f,\"complete\":%s}\n", cpu_user,
 		       cpu_sys, complete ? "true" : "false");
 		return;
@@ -759,7 +882,9 @@ static void report(struct run *r, const struct totals *t, double elapsed, double
 		printf(", %u producer%s, acks=%s, %u B values, %s, compression %s, "
 		       "batch.size %s, linger.ms %s", o->producers, o->producers == 1 ? "" : "s",
 		       o->acks, o->size, o->keys ? "keyed" : "no keys", o->compression, bs, lg);
-	if (o->mode != MODE_PRODUCE)
+	if (o->groups)
+		printf(", %u groups of one member each", o->groups);
+	else if (o->mode != MODE_PRODUCE)
 		printf(", %u consumer%s", o->consumers, o->consumers == 1 ? "" : "s");
 	printf("\n");
 	if (o->rate > 0)
@@ -767,7 +892,10 @@ static void report(struct run *r, const struct totals *t, double elapsed, double
 		       "message's scheduled send time\n", o->rate);
 	else if (o->mode != MODE_CONSUME)
 		printf("  load       unthrottled: latency counts from the produce() call\n");
-	printf("  messages   %" PRIu64 " in %.3f s", t->msgs, elapsed);
+	if (o->groups)
+		printf("  produced   %" PRIu64 " acknowledged, %.0f msgs/s\n", t->acked, acked_s);
+	printf("  messages   %" PRIu64 " in %.3f s%s", msgs, elapsed,
+	       o->groups ? " (the slowest group)" : "");
 	if (o->mode != MODE_CONSUME)
 		printf(" (%" PRIu64 " sent, %" PRIu64 " failed, %" PRIu64 " refused)", t->sent,
 		       t->failed, t->refused);
@@ -780,6 +908,14 @@ static void report(struct run *r, const struct totals *t, double elapsed, double
 	if (o->mode == MODE_E2E) {
 		print_lat_human("e2e ms", &t->lat);
 		print_lat_human("ack ms", &t->ack);
+	}
+	for (unsigned i = 0; i < o->groups; i++) {
+		const struct consumer *cs = &r->cons[i];
+		printf("  group %-3u %s: %" PRIu64 " messages, %.0f msgs/s, last one %.1f ms after "
+		       "the last ack\n", i + 1, cs->group, cs->msgs, group_rate(r, cs),
+		       cs->last_ns && t->last_ack_ns ? (double)(cs->last_ns - t->last_ack_ns) / 1e6
+						     : 0.0);
+		print_lat_human("  e2e ms", &cs->e2e);
 	}
 	printf("  cpu        mqbench %.2f s user, %.2f s sys\n", cpu_user, cpu_sys);
 	if (!complete)
@@ -824,6 +960,11 @@ static void usage(FILE *f)
 	      "                          connection (default 1; 1..64)\n"
 	      "  --consumers N           consumer threads, each with its own connection;\n"
 	      "                          partition p goes to consumer p % N (default 1)\n"
+	      "  --groups N              e2e: instead, N consumer threads each join a consumer\n"
+	      "                          group of its own (new, so it starts at the log's\n"
+	      "                          end) and read every partition; each group must see\n"
+	      "                          every message. Per-group results; the headline\n"
+	      "                          msgs/s is the slowest group's (1..64)\n"
 	      "  --partitions N          partitions of a topic mqbench creates (default: the\n"
 	      "                          broker's); an existing topic is used as it is\n"
 	      "  --flush always|interval:MS|never  flush policy of a topic mqbench creates\n"
@@ -894,7 +1035,7 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 	enum {
 		O_SIZE = 256, O_COUNT, O_DURATION, O_RATE, O_ACKS, O_PRODUCERS, O_CONSUMERS,
 		O_PARTITIONS, O_FLUSH, O_KEYS, O_COMPRESSION, O_PAYLOAD, O_BATCH, O_LINGER,
-		O_WARMUP, O_TIMEOUT, O_JSON,
+		O_WARMUP, O_TIMEOUT, O_JSON, O_GROUPS,
 	};
 	static const struct option lo[] = {
 		{ "broker", required_argument, NULL, 'b' },
@@ -906,6 +1047,7 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 		{ "acks", required_argument, NULL, O_ACKS },
 		{ "producers", required_argument, NULL, O_PRODUCERS },
 		{ "consumers", required_argument, NULL, O_CONSUMERS },
+		{ "groups", required_argument, NULL, O_GROUPS },
 		{ "partitions", required_argument, NULL, O_PARTITIONS },
 		{ "flush", required_argument, NULL, O_FLUSH },
 		{ "keys", required_argument, NULL, O_KEYS },
@@ -971,6 +1113,10 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 			break;
 		case O_CONSUMERS:
 			o->consumers = (unsigned)parse_u64("--consumers", optarg, 1, THREADS_MAX);
+			o->consumers_set = true;
+			break;
+		case O_GROUPS:
+			o->groups = (unsigned)parse_u64("--groups", optarg, 1, THREADS_MAX);
 			break;
 		case O_PARTITIONS:
 			o->partitions = (uint32_t)parse_u64("--partitions", optarg, 1, 10000);
@@ -1031,6 +1177,12 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 		bad_usage("no topic: -t TOPIC");
 	if (o->mode == MODE_E2E && o->size < 8)
 		bad_usage("e2e needs --size of at least 8: the send time goes in the value");
+	if (o->groups && o->mode != MODE_E2E)
+		bad_usage("--groups goes with e2e");
+	if (o->groups && o->consumers_set)
+		bad_usage("--groups and --consumers do not go together: each group has one member");
+	if (o->groups)
+		o->consumers = o->groups;
 	if (!o->duration_set)
 		o->duration = o->count || o->mode == MODE_CONSUME ? DEFAULT_CAP_S
 								  : DEFAULT_DURATION_S;
@@ -1072,7 +1224,7 @@ int main(int argc, char **argv)
 	ensure_topic(r);
 	unsigned np = o->mode == MODE_CONSUME ? 0 : o->producers;
 	unsigned nc = o->mode == MODE_PRODUCE ? 0 : o->consumers;
-	if (nc > r->nparts) {
+	if (nc > r->nparts && !o->groups) {
 		fprintf(stderr, "mqbench: %u consumers for %u partitions: using %u\n", nc,
 			r->nparts, r->nparts);
 		nc = r->nparts;
@@ -1179,11 +1331,18 @@ done:
 			fprintf(stderr, "mqbench: consumer %u: %s\n", i, r->cons[i].errstr);
 			complete = false;
 		}
-	if (o->mode == MODE_E2E && t.msgs < t.acked) {
+	if (o->mode == MODE_E2E && !o->groups && t.msgs < t.acked) {
 		fprintf(stderr, "mqbench: consumers received %" PRIu64 " of %" PRIu64
 			" acknowledged messages within --timeout\n", t.msgs, t.acked);
 		complete = false;
 	}
+	for (unsigned i = 0; o->groups && i < nc; i++)
+		if (r->cons[i].msgs < t.acked) {
+			fprintf(stderr, "mqbench: group %s received %" PRIu64 " of %" PRIu64
+				" acknowledged messages within --timeout\n", r->cons[i].group,
+				r->cons[i].msgs, t.acked);
+			complete = false;
+		}
 	if (o->mode == MODE_CONSUME && o->count && t.msgs < o->count) {
 		fprintf(stderr, "mqbench: read %" PRIu64 " of --count %" PRIu64
 			" messages: the log ended first\n", t.msgs, o->count);
