@@ -507,20 +507,25 @@ static void take_records(struct ringmq_consumer *c, struct cpart *cp, const uint
 	}
 }
 
+/* Takes a fetch response apart. Called only with nothing handed out
+ * pending, so the buffer behind the last poll's views is free again. */
 static void take_fetch(struct ringmq_consumer *c, const uint8_t *frame, uint32_t len)
 {
-	/* Own the bytes: views into them outlive the connection's buffer. */
-	if (c->cur.cap < len) {
-		uint8_t *n = realloc(c->cur.frame, len);
-		if (n == NULL)
-			return;
-		c->cur.frame = n;
-		c->cur.cap = len;
-	}
-	memcpy(c->cur.frame, frame, len);
+	/* Own the bytes, since views into them must outlive what the
+	 * connection does next: take the receive buffer the response is in,
+	 * and give the connection the last response's buffer instead. A
+	 * fetch response is then written once, by recv, where poll's views
+	 * point (copying it out cost a quarter of a small-message consumer's
+	 * time). */
+	size_t cap;
+	uint8_t *buf = rc_conn_take_in(&c->conn, c->cur.frame, c->cur.cap, &cap);
+	if (buf == NULL)
+		return; /* out of memory: the next poll fetches it again */
+	c->cur.frame = buf;
+	c->cur.cap = cap;
 	struct proto_resp_hdr h;
 	struct pr body;
-	if (proto_resp_header(c->cur.frame, len, &h, &body) != 0)
+	if (proto_resp_header(frame, len, &h, &body) != 0)
 		return;
 	if (h.err != 0) {
 		/* The whole request failed: say so once; the next poll fetches

@@ -91,6 +91,10 @@ int rc_conn_connect(struct rc_conn *c, int timeout_ms);
 /* Encodes a request into the send buffer. Returns its correlation id, or 0
  * if it could not be encoded (too large). */
 uint32_t rc_conn_queue(struct rc_conn *c, uint16_t api, const union proto_request *req);
+/* The same for a body the caller encodes: encode(w, arg) appends it to w
+ * (between proto_req_begin and proto_frame_end). */
+uint32_t rc_conn_queue_with(struct rc_conn *c, uint16_t api,
+			    void (*encode)(struct pw *w, const void *arg), const void *arg);
 /* Sends what it can without blocking. Returns 0, or RINGMQ_ERR_TRANSPORT. */
 int rc_conn_send_some(struct rc_conn *c);
 bool rc_conn_want_send(const struct rc_conn *c);
@@ -99,6 +103,14 @@ int rc_conn_recv_some(struct rc_conn *c);
 /* The next whole response frame received, or NULL. Valid until the next
  * rc_conn_recv_some/rc_conn_next_frame. */
 const uint8_t *rc_conn_next_frame(struct rc_conn *c, uint32_t *len);
+/* Hands over the receive buffer, with the frames rc_conn_next_frame returned
+ * from it, to the caller, who keeps them valid as long as it likes and frees
+ * the buffer (*cap: its size); the connection goes on in `spare` (spare_cap
+ * bytes, or NULL), grown if need be, into which it moves what came after
+ * those frames. A consumer thus keeps a fetch response where recv put it,
+ * instead of copying it. Returns NULL, changing nothing, if out of memory
+ * (spare is then still the caller's). */
+uint8_t *rc_conn_take_in(struct rc_conn *c, uint8_t *spare, size_t spare_cap, size_t *cap);
 
 /* Sends a request and waits for its response (no other request may be in
  * flight on c). Decodes the header into *h and, unless it carries an error,
