@@ -588,6 +588,17 @@ static void test_message_size_limits(void **state)
 	struct ringmq_header h = { "h", v, 100 };
 	assert_int_equal(ringmq_produce(p, "sizes", 0, v, 50, v, fits - 40, &h, 1, 0,
 					(void *)(uintptr_t)3), RINGMQ_ERR_MSG_TOO_LARGE);
+	/* With a key and headers, the same exact bound (the library first
+	 * tries a cheaper, looser one, and must fall back on this one). */
+	struct ringmq_header hs[2] = { { "first", v, 10 }, { "2nd", v, 0 } };
+	struct batch_kv kvs[2] = { { "first", 5, v, 10 }, { "2nd", 3, v, 0 } };
+	size_t fits_h = 8192;
+	while (batch_record_size(20, (uint32_t)fits_h, kvs, 2) + BATCH_HEADER_SIZE > 8192)
+		fits_h--;
+	assert_int_equal(ringmq_produce(p, "sizes", 0, v, 20, v, fits_h, hs, 2, 0,
+					(void *)(uintptr_t)6), 0);
+	assert_int_equal(ringmq_produce(p, "sizes", 0, v, 20, v, fits_h + 1, hs, 2, 0,
+					(void *)(uintptr_t)7), RINGMQ_ERR_MSG_TOO_LARGE);
 	/* Over the topic's limit: the broker refuses, the report says so. */
 	assert_int_equal(ringmq_produce(p, "tight", 0, NULL, 0, v, 6000, NULL, 0, 0,
 					(void *)(uintptr_t)4), 0);
@@ -602,7 +613,10 @@ static void test_message_size_limits(void **state)
 	assert_int_equal(t->off[4], -1);
 	assert_int_equal(t->reports[5], 1);
 	assert_int_equal(t->err[5], 0);
-	assert_int_equal(t->total, 3);
+	assert_int_equal(t->reports[6], 1);
+	assert_int_equal(t->err[6], 0);
+	assert_int_equal(t->reports[7], 0);
+	assert_int_equal(t->total, 4);
 	ringmq_producer_free(p);
 	free(v);
 	track_free(t);
@@ -1038,6 +1052,56 @@ static void test_rejected_batch_no_duplicates(void **state)
 	track_free(t);
 }
 
+/* Batches that queue up behind a full request window go out several to a
+ * request (never sent before, one partition). The broker refuses all of a
+ * partition's batches when one is bad, so a refused batch among them must
+ * fail alone: the others are sent again and stored, once each, in order,
+ * where their reports say. */
+static void test_packed_batches_one_refused(void **state)
+{
+	struct fx *f = *state;
+	create_topic(f, "packs", 1, "max.message.bytes", "4096");
+	size_t n = 6000, nbig = 6;
+	struct track *t = track_new(n + nbig);
+	/* One request at a time, small batches: while it waits for its
+	 * fdatasync, dozens of batches queue up behind it. */
+	const char *kv[] = { "batch.size", "1024", "linger.ms", "0", "max.in.flight", "1", NULL };
+	struct ringmq_producer *p = producer(f, t, kv);
+	char *big = malloc(6000);
+	for (size_t i = 0; i < n; i++) {
+		assert_int_equal(produce_n(p, "packs", 0, i, NULL), 0);
+		if (i % 1000 != 500)
+			continue;
+		/* Too large for the topic, in a batch of its own between
+		 * small ones. */
+		size_t j = n + i / 1000;
+		make_value(big, 6000, j);
+		assert_int_equal(ringmq_produce(p, "packs", 0, NULL, 0, big, 6000, NULL, 0, 0,
+						(void *)(uintptr_t)j), 0);
+	}
+	assert_int_equal(ringmq_producer_flush(p, 20000), 0);
+	ringmq_producer_free(p);
+	free(big);
+	assert_delivered_once(t, 0, n);
+	for (size_t j = n; j < n + nbig; j++) {
+		assert_int_equal(t->reports[j], 1);
+		assert_int_equal(t->err[j], RINGMQ_ERR_BATCH_TOO_LARGE);
+	}
+	struct seen s;
+	read_back(f, "packs", 1, &s, n + nbig, n + nbig); /* one stream: in order */
+	size_t missing = 0, twice = 0, moved = 0;
+	for (size_t i = 0; i < n + nbig; i++) {
+		missing += i < n && s.count[i] == 0;
+		twice += s.count[i] > 1 || (i >= n && s.count[i] > 0);
+		moved += i < n && s.count[i] == 1 && s.off[i] != t->off[i];
+	}
+	if (missing || twice || moved || s.foreign)
+		fail_msg("in the log: %zu missing, %zu duplicated or refused, %zu not where "
+			 "reported, %zu foreign", missing, twice, moved, s.foreign);
+	seen_free(&s);
+	track_free(t);
+}
+
 /* ---- many threads ---- */
 
 #define THREADS 8
@@ -1367,6 +1431,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_not_idempotent_one_in_flight, setup_drop,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_rejected_batch_no_duplicates, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_packed_batches_one_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_many_threads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_buffer_full, setup, teardown),
 		cmocka_unit_test(test_unreachable),
