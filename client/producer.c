@@ -91,6 +91,14 @@ struct ppart {
 	uint32_t next_seq;               /* for the next batch sealed */
 	uint32_t next_ord;               /* for the next batch sent the first time */
 	uint64_t pid;                    /* producer id of its batches; 0 until the first */
+	/* After a retriable broker error (a full disk, say) the partition's
+	 * batches go again no sooner than retry_at, with a back-off that
+	 * doubles from reconnect.backoff.ms up to reconnect.backoff.max.ms:
+	 * retrying at once would make thousands of requests a second, each a
+	 * failed write and two log lines on the broker. */
+	int64_t retry_at;
+	int backoff_ms;
+	int last_err;                    /* that error, until a batch is stored */
 };
 
 struct ptopic {
@@ -604,6 +612,13 @@ static bool window_full(const struct ringmq_producer *p, const struct ppart *pp)
 	return next - head->ord >= IDEMPOTENT_WINDOW;
 }
 
+/* True if the partition has a batch to send now: one is waiting, its retry
+ * back-off is over and its window has room. Caller holds mu. */
+static bool sendable(const struct ringmq_producer *p, const struct ppart *pp, int64_t now)
+{
+	return pp->next_send != NULL && now >= pp->retry_at && !window_full(p, pp);
+}
+
 /* Picks the next produce request: the next unsent batches of every
  * partition that has some, in queue order (P1), and marks them sent
  * (next_send, gen). Returns NULL if there is nothing to send, or no memory
@@ -621,9 +636,10 @@ static bool window_full(const struct ringmq_producer *p, const struct ppart *pp)
 static struct preq *pick_request(struct ringmq_producer *p)
 {
 	uint32_t nparts = 0;
+	int64_t now = rc_now_ms();
 	for (struct ptopic *t = p->topics; t; t = t->next)
 		for (uint32_t i = 0; i < t->nparts; i++)
-			if (t->parts[i].next_send != NULL && !window_full(p, &t->parts[i]))
+			if (sendable(p, &t->parts[i], now))
 				nparts++;
 	if (nparts == 0)
 		return NULL;
@@ -642,7 +658,7 @@ static struct preq *pick_request(struct ringmq_producer *p)
 			uint32_t delta = 0;
 			for (uint32_t k = 0; k < PACK_BATCHES_MAX; k++) {
 				struct pbatch *b = pp->next_send;
-				if (b == NULL || window_full(p, pp))
+				if (!sendable(p, pp, now))
 					break;
 				/* Before sealing, its uncompressed size. */
 				size_t len = b->sealed ? b->wire_len : b->b.len;
@@ -851,13 +867,24 @@ static void on_produce(struct ringmq_producer *p, struct preq *rq, const struct 
 			base = (int64_t)(rp->base_offset + rq->items[i].delta);
 		}
 		struct ppart *pp = &b->topic->parts[b->partition];
-		bool expired = rc_now_ms() - b->created_ms > p->cfg.delivery_timeout_ms;
+		int64_t now = rc_now_ms();
+		bool expired = now - b->created_ms > p->cfg.delivery_timeout_ms;
 		if (err == RINGMQ_ERR_OUT_OF_ORDER_SEQUENCE && pp->q_head == b && !expired) {
 			/* Nothing before it is pending, yet the broker expects
 			 * another sequence: it lost or evicted this producer's
 			 * state. Start over under a new producer id. */
 			rebase_partition(pp);
 			continue;
+		}
+		if (err != 0 && rc_err_retriable(err) && !expired) {
+			/* Not before a back-off, nor after the batch expires: its
+			 * last attempt then says why it failed. */
+			pp->backoff_ms = pp->backoff_ms == 0 ? p->cfg.backoff_ms
+				       : pp->backoff_ms * 2 > p->cfg.backoff_max_ms ? p->cfg.backoff_max_ms
+				       : pp->backoff_ms * 2;
+			int64_t expiry = b->created_ms + p->cfg.delivery_timeout_ms + 1;
+			pp->retry_at = now + pp->backoff_ms < expiry ? now + pp->backoff_ms : expiry;
+			pp->last_err = err;
 		}
 		/* The broker refuses all of a partition's batches if one is bad:
 		 * sent together, they go again one by one (they are `sent` now),
@@ -871,9 +898,24 @@ static void on_produce(struct ringmq_producer *p, struct preq *rq, const struct 
 			resend_partition(pp);
 			continue;
 		}
-		/* Out of time: a packed batch's error may be another's. */
-		if (err != 0 && expired && (rc_err_retriable(err) || packed))
-			err = RINGMQ_ERR_TIMEOUT;
+		if (err != 0 && expired &&
+		    (rc_err_retriable(err) || err == RINGMQ_ERR_OUT_OF_ORDER_SEQUENCE || packed)) {
+			/* Out of time: say why it could not be stored. A full
+			 * disk or a storage error is for the operator to fix,
+			 * and reads differently from a broker that did not
+			 * answer. An out-of-sequence answer then comes from the
+			 * retries, not the cause; a packed batch's error may be
+			 * another batch's. */
+			int why = err == RINGMQ_ERR_OUT_OF_ORDER_SEQUENCE ? pp->last_err : err;
+			if (why == RINGMQ_ERR_DISK_FULL || why == RINGMQ_ERR_STORAGE)
+				err = why;
+			else if (err != RINGMQ_ERR_OUT_OF_ORDER_SEQUENCE)
+				err = RINGMQ_ERR_TIMEOUT;
+		}
+		if (err == 0) {
+			pp->backoff_ms = 0;
+			pp->last_err = 0;
+		}
 		dequeue(b);
 		if (*nrep == *cap) {
 			*cap = *cap ? *cap * 2 : 16;
@@ -968,6 +1010,21 @@ static int close_due(struct ringmq_producer *p, int64_t now)
 				batch_close(t, i);
 			else if (due > now && due - now < next)
 				next = (int)(due - now);
+		}
+	}
+	return next;
+}
+
+/* Milliseconds until a partition waiting for its retry back-off may send
+ * (at most 1000). Caller holds mu. */
+static int retry_due(const struct ringmq_producer *p, int64_t now)
+{
+	int next = 1000;
+	for (const struct ptopic *t = p->topics; t; t = t->next) {
+		for (uint32_t i = 0; i < t->nparts; i++) {
+			const struct ppart *pp = &t->parts[i];
+			if (pp->next_send != NULL && pp->retry_at > now && pp->retry_at - now < next)
+				next = (int)(pp->retry_at - now);
 		}
 	}
 	return next;
@@ -1092,6 +1149,9 @@ static void *io_main(void *arg)
 			break;
 		}
 		int wait = close_due(p, now);
+		int retry = retry_due(p, now);
+		if (retry < wait)
+			wait = retry;
 		bool want_md = false;
 		for (struct ptopic *t = p->topics; t; t = t->next)
 			want_md |= t->md_wanted && t->nparts == 0 && t->md_err == 0;

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,6 +22,8 @@
 #include <cmocka.h>
 
 #include "client/ringmq.h"
+#include "common/arena.h"
+#include "proto/proto.h"
 #include "storage/batch.h"
 #include "tests/unit/tbroker.h"
 #include "tests/unit/testutil.h"
@@ -1102,6 +1105,263 @@ static void test_packed_batches_one_refused(void **state)
 	track_free(t);
 }
 
+/* ---- a fake broker that refuses produce requests ----
+ *
+ * Retriable broker errors (a full disk) cannot be had from a real broker
+ * without filling a file system, so these tests talk to a stand-in that
+ * speaks just enough of the protocol: a handshake, metadata for any topic
+ * (one partition), and PRODUCE answered with `err` for its first `refuse`
+ * requests, then stored. It notes when each PRODUCE came. */
+
+#define FAKE_PRODUCES_MAX 4096
+
+struct fake {
+	int lfd;
+	char addr[64];
+	pthread_t thread;
+	pthread_mutex_t mu;
+	bool stop;                   /* mu */
+	uint32_t refuse;
+	uint16_t err;
+	size_t nproduce;             /* mu */
+	int64_t at[FAKE_PRODUCES_MAX]; /* mu: now_ms() of each PRODUCE */
+};
+
+static bool fake_stopping(struct fake *fk)
+{
+	pthread_mutex_lock(&fk->mu);
+	bool stop = fk->stop;
+	pthread_mutex_unlock(&fk->mu);
+	return stop;
+}
+
+static void fake_write(int fd, const uint8_t *p, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n <= 0)
+			return; /* the client went away */
+		p += n;
+		len -= (size_t)n;
+	}
+}
+
+/* Answers one request frame. */
+static void fake_answer(struct fake *fk, int fd, const uint8_t *frame, uint32_t flen)
+{
+	struct proto_req_hdr h;
+	struct pr body;
+	assert_int_equal(proto_req_header(frame, flen, &h, &body), 0);
+	static uint8_t abuf[1 << 16];
+	struct arena a;
+	arena_init(&a, abuf, sizeof(abuf));
+	union proto_request req;
+	assert_int_equal(proto_decode_request(h.api, h.version, &body, &a, &req), 0);
+	union proto_response resp;
+	memset(&resp, 0, sizeof(resp));
+	struct proto_md_part mdp = { 0, 0, 0 };
+	struct proto_md_topic mdt[8];
+	struct proto_produce_resp_part pp[8];
+	struct proto_produce_resp_topic pt[8];
+	switch (h.api) {
+	case API_HANDSHAKE:
+		resp.handshake = (struct proto_handshake_resp){ PROTO_VERSION_MIN, pstr_c("fake"),
+								 0, NULL };
+		break;
+	case API_METADATA:
+		assert_true(req.metadata.ntopics <= 8);
+		for (uint32_t i = 0; i < req.metadata.ntopics; i++)
+			mdt[i] = (struct proto_md_topic){ req.metadata.topics[i], 0, pstr_c(""), 1,
+							  &mdp };
+		resp.metadata = (struct proto_metadata_resp){ req.metadata.ntopics, mdt };
+		break;
+	case API_PRODUCE: {
+		/* One topic, one partition: what these tests send. */
+		assert_int_equal(req.produce.ntopics, 1);
+		assert_int_equal(req.produce.topics[0].nparts, 1);
+		pthread_mutex_lock(&fk->mu);
+		size_t k = fk->nproduce++;
+		if (k < FAKE_PRODUCES_MAX)
+			fk->at[k] = now_ms();
+		pthread_mutex_unlock(&fk->mu);
+		uint16_t err = k < fk->refuse ? fk->err : 0;
+		pp[0] = (struct proto_produce_resp_part){
+			req.produce.topics[0].parts[0].partition, err,
+			pstr_c(err ? "no space left on device" : ""), 0, 0 };
+		pt[0] = (struct proto_produce_resp_topic){ req.produce.topics[0].name, 1, pp };
+		resp.produce = (struct proto_produce_resp){ 1, pt };
+		if (req.produce.acks == 0)
+			return;
+		break;
+	}
+	default:
+		fail_msg("fake broker: API %u not expected", h.api);
+	}
+	struct pw w;
+	pw_init_dyn(&w, 256, 1 << 20);
+	size_t start = proto_resp_begin(&w, h.correlation_id, 0, NULL);
+	proto_encode_response(&w, h.api, &resp);
+	proto_frame_end(&w, start);
+	assert_false(w.failed);
+	fake_write(fd, w.buf, w.len);
+	pw_free(&w);
+}
+
+static void *fake_main(void *arg)
+{
+	struct fake *fk = arg;
+	size_t cap = 1 << 20, len = 0;
+	uint8_t *buf = malloc(cap);
+	int fd = -1;
+	while (!fake_stopping(fk)) {
+		struct pollfd pf = { fd >= 0 ? fd : fk->lfd, POLLIN, 0 };
+		if (poll(&pf, 1, 20) <= 0)
+			continue;
+		if (fd < 0) {
+			fd = accept(fk->lfd, NULL, NULL);
+			len = 0;
+			continue;
+		}
+		ssize_t n = read(fd, buf + len, cap - len);
+		if (n <= 0) {
+			close(fd);
+			fd = -1;
+			continue;
+		}
+		len += (size_t)n;
+		uint32_t flen;
+		size_t off = 0;
+		while (proto_frame_peek(buf + off, len - off, FRAME_SIZE_MIN_REQ, FRAME_SIZE_HARD_MAX,
+					&flen) == 0) {
+			fake_answer(fk, fd, buf + off, flen);
+			off += flen;
+		}
+		memmove(buf, buf + off, len - off);
+		len -= off;
+		assert_true(len < cap);
+	}
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	return NULL;
+}
+
+static struct fake *fake_start(uint16_t err, uint32_t refuse)
+{
+	struct fake *fk = calloc(1, sizeof(*fk));
+	assert_non_null(fk);
+	pthread_mutex_init(&fk->mu, NULL);
+	fk->err = err;
+	fk->refuse = refuse;
+	fk->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t sl = sizeof(sa);
+	assert_int_equal(bind(fk->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(fk->lfd, 4), 0);
+	assert_int_equal(getsockname(fk->lfd, (struct sockaddr *)&sa, &sl), 0);
+	snprintf(fk->addr, sizeof(fk->addr), "127.0.0.1:%u", ntohs(sa.sin_port));
+	assert_int_equal(pthread_create(&fk->thread, NULL, fake_main, fk), 0);
+	return fk;
+}
+
+static void fake_stop(struct fake *fk)
+{
+	pthread_mutex_lock(&fk->mu);
+	fk->stop = true;
+	pthread_mutex_unlock(&fk->mu);
+	pthread_join(fk->thread, NULL);
+	close(fk->lfd);
+	pthread_mutex_destroy(&fk->mu);
+	free(fk);
+}
+
+/* A producer of the fake broker's, with the settings in kv. */
+static struct ringmq_producer *fake_producer(struct fake *fk, struct track *t,
+					     const char *const *kv)
+{
+	struct fx f = { .cfg = ringmq_config_new() };
+	char err[256];
+	assert_int_equal(ringmq_config_set(f.cfg, "bootstrap.servers", fk->addr, err,
+					   sizeof(err)), 0);
+	struct ringmq_producer *p = producer(&f, t, kv);
+	ringmq_config_free(f.cfg);
+	return p;
+}
+
+static bool wait_reports(struct track *t, size_t n, int timeout_ms)
+{
+	int64_t deadline = now_ms() + timeout_ms;
+	while (track_total(t) < n && now_ms() < deadline)
+		sleep_ms(5);
+	return track_total(t) >= n;
+}
+
+/* After a retriable error (a full disk) the producer sends the partition's
+ * batches again only after a back-off that doubles from
+ * reconnect.backoff.ms up to reconnect.backoff.max.ms, not at once. */
+static void test_retry_backoff(void **state)
+{
+	(void)state;
+	struct fake *fk = fake_start(ERR_DISK_FULL, 4);
+	struct track *t = track_new(1);
+	const char *kv[] = { "linger.ms", "0", "reconnect.backoff.ms", "100",
+			     "reconnect.backoff.max.ms", "250", NULL };
+	struct ringmq_producer *p = fake_producer(fk, t, kv);
+	int64_t t0 = now_ms();
+	assert_int_equal(produce_n(p, "bk", 0, 0, NULL), 0);
+	assert_true(wait_reports(t, 1, 10000));
+	int64_t took = now_ms() - t0;
+	ringmq_producer_free(p);
+	assert_int_equal(t->reports[0], 1);
+	assert_int_equal(t->err[0], 0);
+	pthread_mutex_lock(&fk->mu);
+	size_t n = fk->nproduce;
+	int64_t gap[4];
+	for (size_t k = 0; k < 4 && k + 1 < n; k++)
+		gap[k] = fk->at[k + 1] - fk->at[k];
+	pthread_mutex_unlock(&fk->mu);
+	/* Four refusals, then the one stored: no request in between. */
+	assert_int_equal(n, 5);
+	printf("      retries after %" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64
+	       " ms; delivered in %" PRId64 " ms\n", gap[0], gap[1], gap[2], gap[3], took);
+	const int64_t want[4] = { 100, 200, 250, 250 };
+	for (size_t k = 0; k < 4; k++)
+		if (gap[k] < want[k] - 2) /* ms clocks: rounding */
+			fail_msg("retry %zu came %" PRId64 " ms after the refusal, before its "
+				 "%" PRId64 " ms back-off", k + 1, gap[k], want[k]);
+	track_free(t);
+	fake_stop(fk);
+}
+
+/* A disk that stays full: the producer retries at its back-off's pace (a few
+ * requests, not thousands) until delivery.timeout.ms, and the report says
+ * why the message was not stored, not merely that time ran out. */
+static void test_disk_full_reported(void **state)
+{
+	(void)state;
+	struct fake *fk = fake_start(ERR_DISK_FULL, UINT32_MAX);
+	struct track *t = track_new(1);
+	const char *kv[] = { "linger.ms", "0", "reconnect.backoff.ms", "100",
+			     "reconnect.backoff.max.ms", "400", "delivery.timeout.ms", "1500",
+			     NULL };
+	struct ringmq_producer *p = fake_producer(fk, t, kv);
+	assert_int_equal(produce_n(p, "bk", 0, 0, NULL), 0);
+	assert_true(wait_reports(t, 1, 10000));
+	ringmq_producer_free(p);
+	assert_int_equal(t->reports[0], 1);
+	if (t->err[0] != RINGMQ_ERR_DISK_FULL)
+		fail_msg("reported \"%s\", not \"%s\"", ringmq_strerror(t->err[0]),
+			 ringmq_strerror(RINGMQ_ERR_DISK_FULL));
+	pthread_mutex_lock(&fk->mu);
+	size_t n = fk->nproduce;
+	pthread_mutex_unlock(&fk->mu);
+	/* 0, 100, 300, 700, 1100, 1500 ms, and one at the expiry at most. */
+	printf("      %zu produce requests in 1.5 s of a full disk\n", n);
+	assert_true(n >= 4 && n <= 8);
+	track_free(t);
+	fake_stop(fk);
+}
+
 /* ---- many threads ---- */
 
 #define THREADS 8
@@ -1432,6 +1692,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_rejected_batch_no_duplicates, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_packed_batches_one_refused, setup, teardown),
+		cmocka_unit_test(test_retry_backoff),
+		cmocka_unit_test(test_disk_full_reported),
 		cmocka_unit_test_setup_teardown(test_many_threads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_buffer_full, setup, teardown),
 		cmocka_unit_test(test_unreachable),
