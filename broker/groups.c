@@ -643,6 +643,7 @@ static void commit_done(void *arg, int err)
 		if (err != 0) {
 			cr->res[i].err = err_from_errno(err);
 			cr->res[i].msg = pstr_c("the commit could not be stored");
+			l->api[API_COMMIT_OFFSETS].errors++;
 			continue;
 		}
 		/* (G3): durable now, so visible now. */

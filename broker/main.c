@@ -29,27 +29,30 @@ static const char usage[] =
 	"  ringmqd: ready on HOST:PORT (http HOST:PORT)\n"
 	"SIGTERM or SIGINT: stop accepting, finish in-flight appends, fdatasync, exit 0.\n";
 
-/* Every connection is a descriptor, and so is every segment file: a soft
- * RLIMIT_NOFILE of 1024 (a common default) would stop the broker far below
- * max.connections. Raise it as far as the hard limit allows, and say so if
- * that is not enough. */
+/* Every connection is a descriptor, and so is every partition directory
+ * and segment file (docs/operations.md, Sizing): a soft RLIMIT_NOFILE of
+ * 1024, a common default, would stop the broker long before max.connections
+ * or a few hundred partitions. The soft limit goes up to the hard one (the
+ * soft limit exists for select(), which the broker does not use), and a hard
+ * limit below what max.connections alone needs is reported. */
 static void raise_nofile(const struct broker_config *cfg)
 {
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
 		return;
-	rlim_t want = (rlim_t)cfg->max_connections + cfg->http_max_connections + 1024;
-	if (rl.rlim_cur < want && rl.rlim_cur != RLIM_INFINITY) {
+	if (rl.rlim_cur != rl.rlim_max) {
 		rlim_t old = rl.rlim_cur;
-		rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
-		if (rl.rlim_cur > old && setrlimit(RLIMIT_NOFILE, &rl) != 0)
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
 			rl.rlim_cur = old;
 	}
+	rlim_t want = (rlim_t)cfg->max_connections + cfg->http_max_connections + 1024;
 	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
 		say_warn("only %llu file descriptors are allowed (RLIMIT_NOFILE, hard limit %llu): "
-			 "fewer than max.connections (%u) needs; connections beyond the limit "
-			 "wait in the listen queue", (unsigned long long)rl.rlim_cur,
-			 (unsigned long long)rl.rlim_max, cfg->max_connections);
+			 "fewer than max.connections (%u) and the partitions' files need; "
+			 "connections beyond the limit wait in the listen queue",
+			 (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
+			 cfg->max_connections);
 }
 
 int main(int argc, char **argv)

@@ -532,9 +532,12 @@ static void job_submit(struct loop *l, struct topic_job *j)
 	worker_submit(l->worker, &j->job);
 }
 
-/* Applies requested settings to a copy of the current ones. */
-static int apply_configs(struct topic_config *tc, uint32_t n, const struct proto_kv *kv,
-			 char *why, size_t cap)
+/* Applies requested settings to a copy of the current ones. A batch of
+ * max.message.bytes must fit a produce frame with room for its header, as
+ * broker_config_check demands of the default: a frame over max.frame.bytes
+ * closes the connection instead of getting BATCH_TOO_LARGE. */
+static int apply_configs(const struct loop *l, struct topic_config *tc, uint32_t n,
+			 const struct proto_kv *kv, char *why, size_t cap)
 {
 	for (uint32_t i = 0; i < n; i++) {
 		char k[128], v[256];
@@ -549,7 +552,15 @@ static int apply_configs(struct topic_config *tc, uint32_t n, const struct proto
 		if (topic_config_set(tc, k, v, why, cap) != 0)
 			return -EINVAL;
 	}
-	return topic_config_check(tc, why, cap);
+	if (topic_config_check(tc, why, cap) != 0)
+		return -EINVAL;
+	if ((uint64_t)tc->max_message_bytes + 4096u > l->cfg->max_frame_bytes) {
+		sfmt(why, cap, "max.message.bytes %u is too large for this broker: at most %u "
+		     "(max.frame.bytes %u less 4096)", tc->max_message_bytes,
+		     l->cfg->max_frame_bytes - 4096u, l->cfg->max_frame_bytes);
+		return -EINVAL;
+	}
+	return 0;
 }
 
 void handle_create_topic(struct conn *c, uint32_t corr, const struct proto_create_topic_req *req)
@@ -583,7 +594,7 @@ void handle_create_topic(struct conn *c, uint32_t corr, const struct proto_creat
 	struct topic_config tc = cfg->topic_defaults;
 	tc.partitions = parts;
 	char why[256];
-	if (apply_configs(&tc, req->nconfigs, req->configs, why, sizeof(why)) != 0) {
+	if (apply_configs(c->loop, &tc, req->nconfigs, req->configs, why, sizeof(why)) != 0) {
 		respond_error(c, API_CREATE_TOPIC, corr, ERR_INVALID_CONFIG, "%s", why);
 		return;
 	}
@@ -631,7 +642,7 @@ void handle_alter_topic(struct conn *c, uint32_t corr, const struct proto_alter_
 	struct topic_config tc = t->cfg;
 	tc.partitions = parts;
 	char why[256];
-	if (apply_configs(&tc, req->nconfigs, req->configs, why, sizeof(why)) != 0) {
+	if (apply_configs(c->loop, &tc, req->nconfigs, req->configs, why, sizeof(why)) != 0) {
 		respond_error(c, API_ALTER_TOPIC, corr, ERR_INVALID_CONFIG, "%s", why);
 		return;
 	}

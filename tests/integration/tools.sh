@@ -138,6 +138,9 @@ err_has "'nowhere' is not HOST:PORT"
 want 0 "$MQADM" "${B[@]}" topic create fmt --config segment.bytes=1M --max-message-bytes 4096
 want 0 "$MQADM" "${B[@]}" --json topic create small --max-message-bytes 1024
 json 'd == {"topic": "small", "result": "created"}'
+# A batch that size would not fit a frame of max.frame.bytes (16 MiB).
+want 1 "$MQADM" "${B[@]}" topic create huge --max-message-bytes 16777216
+err_has "max.message.bytes 16777216 is too large for this broker: at most 16773120"
 
 step "topic list and describe"
 want 0 "$MQADM" "${B[@]}" topic list
