@@ -38,6 +38,7 @@
 #                       1024; 0: no such log and no such run)
 #   BENCH_W9_GIB        W9's total log size (default 10; scaled down when the
 #                       disk has less than twice that free)
+#   BENCH_W9_RESTARTS   W9's kill -9 + restarts, for a median (default 3)
 #   BENCH_W9_UNSYNCED   1: W9 also kills the broker right after a flush=never
 #                       fill, before anything is fdatasynced (default 0: slow)
 #   BENCH_CG_W1         W1 messages under callgrind (default 500000)
@@ -597,6 +598,7 @@ broker_part() {
 # ---- W9: restart after kill -9 ----
 
 w9_parts=1000
+w9_restarts=${BENCH_W9_RESTARTS:-3}
 restart_part() {
 	echo
 	echo "== restart (W9)"
@@ -651,19 +653,23 @@ restart_part() {
 	start_broker "$w9" 120
 	put w9 restart_clean_ms "$ready_ms"
 	sleep 1
-	# (b) kill -9 with everything durable and indexed, as a flush=always
-	# topic is between appends: each partition scans from its last index entry.
-	kill -KILL "$bpid"
-	wait "$bpid" 2>/dev/null || true
-	bpid=
-	start_broker "$w9" 120
-	put w9 restart_ms "$ready_ms"
-	put w9 cuts "$(grep -c ': cut ' "$blog" || true)"
-	sleep 1
+	# kill -9 with everything durable and indexed, as a flush=always topic
+	# is between appends: each partition scans from its last index entry.
+	# W9_RESTARTS times (a restart takes about a second), for a median.
+	local i
+	for ((i = 1; i <= w9_restarts; i++)); do
+		kill -KILL "$bpid"
+		wait "$bpid" 2>/dev/null || true
+		bpid=
+		start_broker "$w9" 120
+		put w9 restart_ms "$ready_ms"
+		put w9 cuts "$(grep -c ': cut ' "$blog" || true)"
+		sleep 1
+	done
 	put w9 rss_idle_mib "$(kib_mib "$(status_kib VmRSS)")"
 	stop_broker
 	rm -rf "$w9"
-	echo "W9: restart after kill -9: $(last w9 restart_ms) ms; clean restart $(last w9 restart_clean_ms) ms$([ -z "$(last w9 restart_unsynced_ms)" ] || echo "; unsynced $(last w9 restart_unsynced_ms) ms")"
+	echo "W9: restart after kill -9: $(tr '\n' ' ' <"$res/w9.restart_ms")ms; clean restart $(last w9 restart_clean_ms) ms$([ -z "$(last w9 restart_unsynced_ms)" ] || echo "; unsynced $(last w9 restart_unsynced_ms) ms")"
 	setmeta load_restart_end "$(loadavg)"
 	setmeta restart_seconds "$(($(date +%s) - t0))"
 }
@@ -859,16 +865,16 @@ targets_md() {
 			"$v" 128 MiB
 	fi
 	if want restart && [ -s "$res/w9.restart_ms" ]; then
-		v=$(last w9 restart_ms)
+		v=$(med w9 restart_ms)
 		target W9 "restart to ready, $w9_parts partitions, $(last w9 log_mib) MiB on disk (asked: $(last w9 gib) GiB of values), kill -9 with the data durable (as flush=always between appends)" \
-			"≤ 1 s" "$v ms" "$(fmt 2 "$(div "$v" 1000)") × target" "$(verdict "$v" le 1000)" "$v" 1000 ms
+			"≤ 1 s" "$(rng w9 restart_ms 0) ms (median of $w9_restarts restarts)" "$(fmt 2 "$(div "$v" 1000)") × target" "$(verdict "$v" le 1000)" "$v" 1000 ms
 		v=$(last w9 restart_unsynced_ms)
 		[ -z "$v" ] || target "W9 unsynced" "the same, kill -9 right after a flush=never fill (nothing fdatasynced)" \
 			"≤ 1 s" "$v ms" "$(fmt 2 "$(div "$v" 1000)") × target" "$(verdict "$v" le 1000)" "$v" 1000 ms
 	fi
 	[ -s "$work/targets.md" ] || return 0
 	echo "Issue 7's workloads on this machine: median (min–max) of $rounds rounds for W1–W7,"
-	echo "one measurement for W8 and W9; a target is met when the median meets it. Ratios"
+	echo "one measurement for W8, the median of $w9_restarts restarts for W9; a target is met when the median meets it. Ratios"
 	echo "to raw limits are per round, against that round's measurement."
 	echo
 	echo "| | Workload | Target | Result | Ratio | Target met? |"
@@ -997,7 +1003,7 @@ restart_md() {
 		echo "| kill -9 right after the fill, nothing fdatasynced: every partition scans its whole active segment (\`BENCH_W9_UNSYNCED=1\`) | $(last w9 restart_unsynced_ms) ms to ready |"
 	echo "| clean stop (SIGTERM: fdatasync and index every partition) | $(last w9 stop_ms) ms to exit |"
 	echo "| clean restart | $(last w9 restart_clean_ms) ms to ready |"
-	echo "| **W9**: kill -9 with everything durable and indexed (as a flush=always topic between appends), restart | $(last w9 restart_ms) ms to ready |"
+	echo "| **W9**: kill -9 with everything durable and indexed (as a flush=always topic between appends), restart; $w9_restarts times | $(rng w9 restart_ms 0) ms to ready (each: $(paste -sd ' ' "$res/w9.restart_ms")) |"
 	echo
 	echo "Broker RSS 1 s after that restart: $(last w9 rss_idle_mib) MiB."
 	echo
@@ -1144,9 +1150,9 @@ write_json() {
 		awk -F'\t' '{
 			v = $2; gsub(/\\/, "\\\\", v); gsub(/"/, "\\\"", v)
 			printf "%s\"%s\":\"%s\"", (NR > 1 ? "," : ""), $1, v }' "$meta"
-		printf '},"settings":{"rounds":%s,"produce_s":%s,"acks1_s":%s,"commits_s":%s,"e2e_s":%s,"e2e_never_s":%s,"e2e_rate":%s,"log_mib":%s,"log1k_mib":%s,"w6_groups":%s,"w7_partitions":%s,"w7_keys":%s,"w9_partitions":%s}' \
+		printf '},"settings":{"rounds":%s,"produce_s":%s,"acks1_s":%s,"commits_s":%s,"e2e_s":%s,"e2e_never_s":%s,"e2e_rate":%s,"log_mib":%s,"log1k_mib":%s,"w6_groups":%s,"w7_partitions":%s,"w7_keys":%s,"w9_partitions":%s,"w9_restarts":%s}' \
 			"$rounds" "$produce_s" "$acks1_s" "$commits_s" "$e2e_s" "$e2e_never_s" "$e2e_rate" "$log_mib" "$log1k_mib" "$w6_groups" \
-			"$w7_parts" "$w7_keys" "$w9_parts"
+			"$w7_parts" "$w7_keys" "$w9_parts" "$w9_restarts"
 		printf ',"targets":['
 		[ -s "$work/targets.jsonl" ] && paste -sd, "$work/targets.jsonl" | tr -d '\n'
 		printf '],"figures":{'
