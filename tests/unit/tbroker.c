@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -42,7 +43,7 @@ void tb_bin_path(char *out, size_t cap, const char *name)
 	snprintf(out, cap, "%s/bin/%s", self, name);
 }
 
-int tb_start(struct tbroker *b, const char *dir, const char *const *extra)
+static int start(struct tbroker *b, const char *dir, const char *const *extra, long nofile)
 {
 	char bin[1100];
 	tb_bin_path(bin, sizeof(bin), "ringmqd");
@@ -65,6 +66,11 @@ int tb_start(struct tbroker *b, const char *dir, const char *const *extra)
 	if (pid < 0)
 		return -1;
 	if (pid == 0) {
+		if (nofile > 0) {
+			struct rlimit rl = { (rlim_t)nofile, (rlim_t)nofile };
+			if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+				_exit(126);
+		}
 		dup2(pfd[1], STDERR_FILENO);
 		close(pfd[0]);
 		close(pfd[1]);
@@ -124,6 +130,16 @@ int tb_start(struct tbroker *b, const char *dir, const char *const *extra)
 	waitpid(pid, NULL, 0);
 	close(pfd[0]);
 	return -1;
+}
+
+int tb_start(struct tbroker *b, const char *dir, const char *const *extra)
+{
+	return start(b, dir, extra, 0);
+}
+
+int tb_start_nofile(struct tbroker *b, const char *dir, const char *const *extra, long nofile)
+{
+	return start(b, dir, extra, nofile);
 }
 
 static int wait_exit(pid_t pid, int timeout_ms)

@@ -25,6 +25,9 @@ struct tbroker {
  * restart) and extra arguments (NULL-terminated, may be NULL). Waits up to
  * 10 s for "ringmqd: ready on ...". Returns 0 or -1. */
 int tb_start(struct tbroker *b, const char *dir, const char *const *extra);
+/* As tb_start, with the broker's RLIMIT_NOFILE (soft and hard) set to
+ * nofile, as on a host whose `ulimit -n` is that low. */
+int tb_start_nofile(struct tbroker *b, const char *dir, const char *const *extra, long nofile);
 /* SIGTERM, wait up to 15 s; returns the exit status (or -1). Keeps the dir. */
 int tb_stop(struct tbroker *b);
 /* SIGKILL, wait. Keeps the dir. */
