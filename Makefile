@@ -49,7 +49,7 @@ BENCHES := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*.
 EXAMPLES := $(BUILD)/examples/order-service $(BUILD)/examples/inventory-service \
 	$(BUILD)/examples/notification-service
 
-.PHONY: all deps run test test-run san bench fuzz clean demo torture
+.PHONY: all deps run test test-run san san-run bench fuzz clean demo torture
 
 all: $(LIBS_OUT) $(TOOLS) $(UNIT_TESTS) $(REPLAYS) $(BENCHES) $(EXAMPLES)
 
@@ -136,9 +136,15 @@ run: deps
 	@$(MAKE) --no-print-directory all
 	$(BUILD)/bin/ringmqd
 
+# Every test twice: the -O2 build, then the same tests built with ASan+UBSan
+# (make san). RINGMQ_NO_SAN=1 skips the second pass for a quick local run.
 test: deps
 	@$(MAKE) --no-print-directory all
-	@$(MAKE) --no-print-directory test-run
+	@rc=0; $(MAKE) --no-print-directory test-run || rc=1; \
+	if [ -z "$(RINGMQ_NO_SAN)" ]; then \
+		echo "== the same tests under ASan+UBSan (make san)"; \
+		$(MAKE) --no-print-directory san-run || rc=1; \
+	fi; exit $$rc
 
 test-run:
 	@tests/run_tests.sh $(BUILD) $(FUZZ_TARGETS)
@@ -153,10 +159,14 @@ demo: deps
 	@tests/integration/demo.sh $(BUILD)
 
 san: deps
+	@$(MAKE) --no-print-directory san-run
+
+san-run:
 	@$(MAKE) --no-print-directory BUILD=build-san \
 		EXTRA_CFLAGS="-O1 -fsanitize=address,undefined -fno-sanitize-recover=all" all
+	@# fuzz_short.sh builds its own ASan+UBSan libFuzzer binaries: once is enough.
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-		tests/run_tests.sh build-san $(FUZZ_TARGETS)
+		RINGMQ_SKIP_SCRIPTS=fuzz_short.sh tests/run_tests.sh build-san $(FUZZ_TARGETS)
 
 bench: deps
 	@$(MAKE) --no-print-directory all
