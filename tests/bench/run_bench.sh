@@ -400,7 +400,6 @@ w7_parts=1000
 w7_keys=100000
 w6_groups=4
 bwork=$work/broker
-bmd=$work/broker.md
 
 # One round's raw limits, measured right before its workloads.
 raw_limits() {
@@ -987,7 +986,11 @@ broker_md() {
 }
 
 restart_md() {
-	[ -s "$res/w9.restart_ms" ] || { echo "W9 did not run: ${w9_note:-see the log}"; echo; return; }
+	if [ ! -s "$res/w9.restart_ms" ]; then
+		echo "W9 did not run: $(sed -n 's/^w9_note\t//p' "$meta") (see the run's output)."
+		echo
+		return
+	fi
 	echo "W9: a fresh broker, one topic of $w9_parts partitions (flush never), filled by"
 	echo "\`mqbench produce --producers 2 --size 1024 --acks 1\` (keyless: each 64 KiB batch"
 	echo "to a random partition), asked for $(last w9 gib) GiB of values within 90 s: $(last w9 log_mib) MiB"
