@@ -49,6 +49,9 @@ BENCHES := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*.
 EXAMPLES := $(BUILD)/examples/order-service $(BUILD)/examples/inventory-service \
 	$(BUILD)/examples/notification-service
 
+# The builds behind run/test/san/bench/demo use every CPU.
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+
 .PHONY: all deps run test test-run san san-run bench fuzz clean demo torture
 
 all: $(LIBS_OUT) $(TOOLS) $(UNIT_TESTS) $(REPLAYS) $(BENCHES) $(EXAMPLES)
@@ -133,13 +136,13 @@ $(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(CORE_OBJ)
 	$(Q)$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
 
 run: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(NPROC) all
 	$(BUILD)/bin/ringmqd
 
 # Every test twice: the -O2 build, then the same tests built with ASan+UBSan
 # (make san). RINGMQ_NO_SAN=1 skips the second pass for a quick local run.
 test: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(NPROC) all
 	@rc=0; $(MAKE) --no-print-directory test-run || rc=1; \
 	if [ -z "$(RINGMQ_NO_SAN)" ]; then \
 		echo "== the same tests under ASan+UBSan (make san)"; \
@@ -151,25 +154,25 @@ test-run:
 
 # make test runs the crash loop with 5 kills; this one with 20.
 torture: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(NPROC) all
 	RINGMQ_TORTURE=1 $(BUILD)/tests/broker/test_crash
 
 demo: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(NPROC) all
 	@tests/integration/demo.sh $(BUILD)
 
 san: deps
 	@$(MAKE) --no-print-directory san-run
 
 san-run:
-	@$(MAKE) --no-print-directory BUILD=build-san \
+	@$(MAKE) --no-print-directory -j$(NPROC) BUILD=build-san \
 		EXTRA_CFLAGS="-O1 -fsanitize=address,undefined -fno-sanitize-recover=all" all
 	@# fuzz_short.sh builds its own ASan+UBSan libFuzzer binaries: once is enough.
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		RINGMQ_SKIP_SCRIPTS=fuzz_short.sh tests/run_tests.sh build-san $(FUZZ_TARGETS)
 
 bench: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(NPROC) all
 	tests/bench/run_bench.sh $(BUILD)
 
 # libFuzzer builds: clang, ASan+UBSan, each target for FUZZ_SECONDS over its
