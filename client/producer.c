@@ -72,6 +72,9 @@ struct pbatch {
 	uint8_t *wire;           /* sealed bytes: buf itself, or an lz4 copy */
 	uint32_t wire_len;
 	bool sealed;
+	uint64_t pid;            /* once sealed: its producer id (0 if not idempotent) */
+	uint32_t seq;            /* once sealed: its base sequence */
+	char *errmsg;            /* NULL, or why it failed (for the delivery report) */
 	bool sent;               /* was in a request before: the broker may hold it */
 	uint32_t ord;            /* once sent: its place among its partition's batches */
 	uint32_t gen;            /* bumped on every send, and once settled */
@@ -111,6 +114,14 @@ struct ptopic {
 	bool md_wanted;
 	uint32_t sticky;        /* partition for messages without a key */
 	bool sticky_set;
+	/* The topic's max.message.bytes, the largest batch it takes: from
+	 * DESCRIBE_TOPIC, asked with the metadata, or learnt from a batch the
+	 * broker refused as too large. 0 while unknown. New batches are no
+	 * larger than this; larger ones already built are split. */
+	uint32_t max_batch;
+	uint32_t desc_corr;     /* DESCRIBE_TOPIC in flight (I/O thread), 0 if none */
+	bool desc_wanted;       /* a produce() waits for it */
+	bool desc_done;         /* answered (even with an error): do not ask again */
 };
 
 /* One batch of a produce request, as sent. */
@@ -220,6 +231,7 @@ static void batch_release(struct pbatch *b)
 		free(b->wire);
 	free(b->buf);
 	free(b->opaques);
+	free(b->errmsg);
 	free(b);
 }
 
@@ -279,14 +291,21 @@ static int add_opaque(struct pbatch *b, void *opaque)
 
 /* ---- produce (any thread) ---- */
 
+/* Waits for the topic's partitions, and for its max.message.bytes
+ * (DESCRIBE_TOPIC, asked at the same time) so that the first batches fit
+ * it; without that answer by the deadline, batches go by batch.size and are
+ * split if the broker refuses them. */
 static int wait_metadata(struct ringmq_producer *p, struct ptopic *t, int64_t deadline)
 {
-	while (t->nparts == 0 && t->md_err == 0 && !p->closing) {
+	while ((t->nparts == 0 || !t->desc_done) && t->md_err == 0 && !p->closing) {
 		t->md_wanted = true;
+		t->desc_wanted = true;
 		wake(p);
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		int64_t left = deadline - rc_now_ms();
+		if (left <= 0 && t->nparts > 0)
+			break;
 		if (left <= 0)
 			return p->conn_down ? RINGMQ_ERR_TRANSPORT : RINGMQ_ERR_TIMEOUT;
 		if (left > 200)
@@ -409,6 +428,14 @@ int ringmq_produce(struct ringmq_producer *p, const char *topic, int32_t partiti
 		goto out;
 	}
 	struct ppart *pp = &t->parts[part];
+	/* New batches are no larger than the topic takes. */
+	size_t size = p->cfg.batch_size;
+	if (t->max_batch != 0 && t->max_batch < size) {
+		size = t->max_batch;
+		if (need + BATCH_HEADER_SIZE > size)
+			need = batch_record_size((uint32_t)key_len, (uint32_t)value_len, kv,
+						 (uint32_t)header_count);
+	}
 	for (;;) {
 		struct pbatch *b = pp->open;
 		if (b != NULL) {
@@ -433,9 +460,7 @@ int ringmq_produce(struct ringmq_producer *p, const char *topic, int32_t partiti
 			batch_close(t, part);
 			woke = true;
 		}
-		size_t cap = p->cfg.batch_size > need + BATCH_HEADER_SIZE
-				     ? p->cfg.batch_size
-				     : need + BATCH_HEADER_SIZE;
+		size_t cap = size > need + BATCH_HEADER_SIZE ? size : need + BATCH_HEADER_SIZE;
 		/* (P3): wait for room, or fail at once, per block.on.buffer.full. */
 		while (p->mem + cap > p->cfg.buffer_memory && p->mem > 0 && !p->closing) {
 			deadline = block_deadline(p, deadline);
@@ -532,6 +557,8 @@ static void report(struct ringmq_producer *p, struct report *r, size_t n)
 				.partition = (int32_t)b->partition,
 				.offset = r[i].err == 0 && r[i].base >= 0 ? r[i].base + k : -1,
 				.opaque = b->opaques ? b->opaques[k] : NULL,
+				.errstr = r[i].err == 0 ? NULL
+					  : b->errmsg ? b->errmsg : ringmq_strerror(r[i].err),
 			};
 			p->cfg.delivery_cb(&d, p->cfg.delivery_opaque);
 		}
@@ -573,14 +600,11 @@ static void dequeue(struct pbatch *b)
 
 /* ---- the I/O thread ---- */
 
-static void seal(struct ringmq_producer *p, struct pbatch *b)
+/* Seals a batch as producer `pid`, from sequence `seq`. */
+static void seal_as(struct ringmq_producer *p, struct pbatch *b, uint64_t pid, uint32_t seq)
 {
-	struct ppart *pp = &b->topic->parts[b->partition];
-	if (pp->pid == 0)
-		pp->pid = p->producer_id;
-	uint64_t pid = p->cfg.idempotence ? pp->pid : 0;
-	uint32_t seq = pp->next_seq;
-	pp->next_seq += b->count;
+	b->pid = pid;
+	b->seq = seq;
 	b->wire = b->buf;
 	b->wire_len = batch_seal(&b->b, pid, seq);
 	if (p->cfg.lz4) {
@@ -595,6 +619,199 @@ static void seal(struct ringmq_producer *p, struct pbatch *b)
 		}
 	}
 	b->sealed = true;
+}
+
+/* Seals a batch with the next sequences of its partition. */
+static void seal(struct ringmq_producer *p, struct pbatch *b)
+{
+	struct ppart *pp = &b->topic->parts[b->partition];
+	if (pp->pid == 0)
+		pp->pid = p->producer_id;
+	uint64_t pid = p->cfg.idempotence ? pp->pid : 0;
+	uint32_t seq = pp->next_seq;
+	pp->next_seq += b->count;
+	seal_as(p, b, pid, seq);
+}
+
+/* Splits a queued batch of more than one record into batches of at most
+ * `limit` bytes (header included; a record larger than that alone gets a
+ * batch of its own), re-encoding its records in order, and puts them where
+ * it was in its partition's queue. A sealed batch's pieces are sealed at
+ * once with its producer id and its run of sequences, so the sequences of
+ * the partition's other batches stay as they are: the broker refused the
+ * whole batch (and every one after it), so none of its sequences were
+ * taken. The pieces count as never sent: they take their place in the
+ * idempotence window (ord) when first sent, and may be packed together.
+ * Returns 0, or -1 (no memory; nothing changed). Caller holds mu (I/O
+ * thread). */
+static int split_batch(struct ringmq_producer *p, struct pbatch *b, uint32_t limit)
+{
+	struct ptopic *t = b->topic;
+	struct ppart *pp = &t->parts[b->partition];
+	struct pbatch **at = &pp->q_head;
+	while (*at != NULL && *at != b)
+		at = &(*at)->next;
+	if (*at == NULL || b->count < 2 || b->b.count != b->count)
+		return -1;
+	if (!b->sealed)
+		batch_seal(&b->b, 0, 0); /* a header to read it back by; sealed again later */
+	struct batch_iter it;
+	if (batch_iter_init(&it, b->buf, NULL, 0) != 0)
+		return -1;
+	struct pbatch *head = NULL, *last = NULL;
+	bool full = true; /* the last piece takes no more records (or there is none) */
+	uint32_t k = 0;
+	struct batch_record rec;
+	int r;
+	while ((r = batch_iter_next(&it, &rec)) == 1) {
+		struct batch_kv kv[RECORD_HEADERS_MAX];
+		uint32_t nh = 0;
+		const uint8_t *hp = rec.headers, *he = rec.headers + rec.headers_len;
+		while (nh < rec.header_count && nh < RECORD_HEADERS_MAX &&
+		       batch_kv_next(&hp, he, &kv[nh]) == 1)
+			nh++;
+		for (;;) {
+			if (full) {
+				size_t need = BATCH_HEADER_SIZE +
+					      batch_record_size(rec.key_len, rec.value_len, kv, nh);
+				struct pbatch *n = batch_new(p, t, b->partition,
+							     need > limit ? need : limit);
+				if (n == NULL)
+					goto fail;
+				n->created_ms = b->created_ms; /* delivery.timeout.ms runs on */
+				if (last)
+					last->next = n;
+				else
+					head = n;
+				last = n;
+				full = false;
+			}
+			int ret = batch_add(&last->b, rec.timestamp, rec.key, rec.key_len, rec.value,
+					    rec.value_len, kv, nh);
+			if (ret == 0)
+				break;
+			if (ret != -ENOSPC || last->b.count == 0)
+				goto fail;
+			full = true;
+		}
+		if (add_opaque(last, b->opaques ? b->opaques[k] : NULL) != 0)
+			goto fail;
+		last->count++;
+		k++;
+	}
+	if (r != 0 || k != b->count || head == NULL || head == last)
+		goto fail;
+	if (b->sealed) {
+		uint32_t seq = b->seq;
+		for (struct pbatch *q = head; q; q = q->next) {
+			seal_as(p, q, b->pid, seq);
+			seq += q->count;
+		}
+	}
+	last->next = b->next;
+	*at = head;
+	if (pp->q_tail == b)
+		pp->q_tail = last;
+	if (pp->next_send == b)
+		pp->next_send = head;
+	b->next = NULL;
+	b->gen++; /* no reply to an earlier send may touch it */
+	p->mem -= b->mem;
+	if (b->refs == 0)
+		batch_release(b);
+	else
+		b->done = true; /* freed with the last request that lists it */
+	return 0;
+fail:
+	while (head) {
+		struct pbatch *n = head->next;
+		p->mem -= head->mem;
+		batch_release(head);
+		head = n;
+	}
+	return -1;
+}
+
+/* The limit a BATCH_TOO_LARGE message names ("... exceeds
+ * max.message.bytes N"), or 0. */
+static uint32_t limit_in(struct pstr msg)
+{
+	static const char key[] = "max.message.bytes ";
+	char s[256];
+	if (msg.len == 0 || msg.p == NULL)
+		return 0;
+	snprintf(s, sizeof(s), "%.*s", (int)msg.len, msg.p);
+	const char *at = strstr(s, key);
+	if (at == NULL)
+		return 0;
+	at += sizeof(key) - 1;
+	char *end;
+	unsigned long v = strtoul(at, &end, 10);
+	if (end == at || v <= BATCH_HEADER_SIZE || v > UINT32_MAX)
+		return 0;
+	return (uint32_t)v;
+}
+
+/* Lowers the size of a topic's batches to `limit`: open batches take no
+ * more than that (or are closed, to be split), and so are new ones. Caller
+ * holds mu. */
+static void topic_limit(struct ptopic *t, uint32_t limit)
+{
+	t->max_batch = limit;
+	for (uint32_t i = 0; i < t->nparts; i++) {
+		struct pbatch *o = t->parts[i].open;
+		if (o == NULL || o->cap <= limit)
+			continue;
+		if (o->b.len <= limit) {
+			o->cap = limit;
+			o->b.cap = limit;
+		} else {
+			batch_close(t, i);
+		}
+	}
+}
+
+/* Batch b came back refused as larger than its topic's max.message.bytes.
+ * Learns the limit, from the broker's message, or else as half of b (if
+ * the halves are refused too, they are halved again), and splits b and
+ * every later batch of its partition larger than that. Returns true if the
+ * partition's batches are to go again (b was split, or was packed with
+ * others and may not be the one too large), false if b fails for good:
+ * one record, too large for the topic by itself, and `why` says so. Caller
+ * holds mu. */
+static bool too_large(struct ringmq_producer *p, struct pbatch *b, bool packed, struct pstr msg,
+		      char *why, size_t whylen)
+{
+	struct ptopic *t = b->topic;
+	uint32_t limit = limit_in(msg);
+	if (limit == 0 && !packed && b->count > 1) {
+		limit = (uint32_t)(b->b.len / 2);
+		if (t->max_batch != 0 && t->max_batch < limit)
+			limit = t->max_batch;
+	}
+	if (limit != 0 && limit > BATCH_HEADER_SIZE)
+		topic_limit(t, limit);
+	/* From b on only: those before it may be stored already (sent under
+	 * an older, larger limit, their replies still to come), and split,
+	 * their retries would not be recognised. Those after it cannot be:
+	 * the broker takes no sequence past the gap b leaves. */
+	bool split = false;
+	for (struct pbatch *q = b, *n; limit != 0 && q != NULL; q = n) {
+		n = q->next;
+		if (q->count > 1 && q->b.len > limit && split_batch(p, q, limit) == 0)
+			split |= q == b;
+	}
+	if (!split && !packed && b->count > 1)
+		split = split_batch(p, b, (uint32_t)(b->b.len / 2)) == 0; /* the limit moved */
+	if (split || packed)
+		return true;
+	if (limit != 0)
+		snprintf(why, whylen,
+			 "a message of %zu bytes (with its batch header) exceeds topic '%s' "
+			 "max.message.bytes %u", b->b.len, t->name, limit);
+	else
+		snprintf(why, whylen, "%.*s", (int)msg.len, msg.p ? msg.p : "");
+	return false;
 }
 
 /* True if an idempotent producer may not send the partition's next batch
@@ -660,6 +877,11 @@ static struct preq *pick_request(struct ringmq_producer *p)
 				struct pbatch *b = pp->next_send;
 				if (!sendable(p, pp, now))
 					break;
+				/* Built before the topic's limit was known. */
+				if (!b->sent && !b->sealed && t->max_batch != 0 &&
+				    b->b.len > t->max_batch && b->count > 1 &&
+				    split_batch(p, b, t->max_batch) == 0)
+					b = pp->next_send;
 				/* Before sealing, its uncompressed size. */
 				size_t len = b->sealed ? b->wire_len : b->b.len;
 				if (k > 0 && (!fresh || b->sent || bytes + len > REQUEST_BYTES_MAX))
@@ -869,6 +1091,15 @@ static void on_produce(struct ringmq_producer *p, struct preq *rq, const struct 
 		struct ppart *pp = &b->topic->parts[b->partition];
 		int64_t now = rc_now_ms();
 		bool expired = now - b->created_ms > p->cfg.delivery_timeout_ms;
+		char reason[320] = "";
+		if (err == RINGMQ_ERR_BATCH_TOO_LARGE && !expired &&
+		    too_large(p, b, rq->items[i].packed, rp ? rp->msg : (struct pstr){ 0 }, reason,
+			      sizeof(reason))) {
+			/* Split, in the place of the original: this and every
+			 * later batch of the partition go again. */
+			resend_partition(pp);
+			continue;
+		}
 		if (err == RINGMQ_ERR_OUT_OF_ORDER_SEQUENCE && pp->q_head == b && !expired) {
 			/* Nothing before it is pending, yet the broker expects
 			 * another sequence: it lost or evicted this producer's
@@ -915,6 +1146,11 @@ static void on_produce(struct ringmq_producer *p, struct preq *rq, const struct 
 		if (err == 0) {
 			pp->backoff_ms = 0;
 			pp->last_err = 0;
+		} else if (reason[0] != '\0') {
+			b->errmsg = strdup(reason);
+		} else if (rp != NULL && rp->err != 0 && rc_err_from_broker(rp->err) == err &&
+			   rp->msg.len > 0) {
+			b->errmsg = strndup((const char *)rp->msg.p, rp->msg.len);
 		}
 		dequeue(b);
 		if (*nrep == *cap) {
@@ -958,8 +1194,56 @@ static void on_metadata(struct ringmq_producer *p, const struct proto_resp_hdr *
 	pthread_cond_broadcast(&p->cv);
 }
 
+/* A DESCRIBE_TOPIC answer, if the frame is one: the topic's
+ * max.message.bytes bounds its batches. An error leaves it unknown (then
+ * the broker's refusals teach it). Takes mu. */
+static bool on_describe(struct ringmq_producer *p, const struct proto_resp_hdr *h,
+			struct pr *body)
+{
+	pthread_mutex_lock(&p->mu);
+	struct ptopic *t = p->topics;
+	while (t != NULL && (t->desc_corr == 0 || t->desc_corr != h->correlation_id))
+		t = t->next;
+	if (t == NULL) {
+		pthread_mutex_unlock(&p->mu);
+		return false;
+	}
+	union proto_response resp;
+	if (h->err == 0 &&
+	    proto_decode_response(API_DESCRIBE_TOPIC, 0, body, &p->arena, &resp) == 0) {
+		const struct proto_describe_topic_resp *d = &resp.describe_topic;
+		for (uint32_t i = 0; i < d->nconfigs; i++) {
+			if (!pstr_eq(d->configs[i].key, "max.message.bytes"))
+				continue;
+			char v[32];
+			snprintf(v, sizeof(v), "%.*s", (int)d->configs[i].value.len,
+				 d->configs[i].value.p ? d->configs[i].value.p : "");
+			char *end;
+			unsigned long long n = strtoull(v, &end, 10);
+			if (*end == 'K' || *end == 'k')
+				n <<= 10, end++;
+			else if (*end == 'M' || *end == 'm')
+				n <<= 20, end++;
+			if (end != v && *end == '\0' && n > BATCH_HEADER_SIZE && n <= UINT32_MAX)
+				topic_limit(t, (uint32_t)n);
+		}
+	}
+	t->desc_corr = 0;
+	t->desc_done = true;
+	t->desc_wanted = false;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	return true;
+}
+
 static void send_metadata(struct ringmq_producer *p)
 {
+	for (struct ptopic *t = p->topics; t; t = t->next) {
+		if (t->desc_wanted && !t->desc_done && t->desc_corr == 0) {
+			union proto_request dreq = { .describe_topic = { pstr_c(t->name) } };
+			t->desc_corr = rc_conn_queue(&p->conn, API_DESCRIBE_TOPIC, &dreq);
+		}
+	}
 	struct pstr names[64];
 	uint32_t n = 0;
 	for (struct ptopic *t = p->topics; t && n < 64; t = t->next)
@@ -1074,6 +1358,8 @@ static void handle_frames(struct ringmq_producer *p, struct report **reps, size_
 			pthread_mutex_unlock(&p->mu);
 			continue;
 		}
+		if (on_describe(p, &h, &body))
+			continue;
 		struct preq *rq = take_req(p, h.correlation_id);
 		if (rq == NULL)
 			continue;
@@ -1154,7 +1440,8 @@ static void *io_main(void *arg)
 			wait = retry;
 		bool want_md = false;
 		for (struct ptopic *t = p->topics; t; t = t->next)
-			want_md |= t->md_wanted && t->nparts == 0 && t->md_err == 0;
+			want_md |= (t->md_wanted && t->nparts == 0 && t->md_err == 0) ||
+				   (t->desc_wanted && !t->desc_done && t->desc_corr == 0);
 		pthread_mutex_unlock(&p->mu);
 
 		if (!rc_conn_up(&p->conn)) {
@@ -1179,6 +1466,8 @@ static void *io_main(void *arg)
 			 * open and are lost again would keep it for ever. */
 			expire_unsent(p, rc_now_ms(), &reps, &nrep, &cap);
 			p->md_corr = 0;
+			for (struct ptopic *t = p->topics; t; t = t->next)
+				t->desc_corr = 0; /* asked again if still wanted */
 			p->conn_down = false;
 			pthread_mutex_unlock(&p->mu);
 		}

@@ -115,6 +115,10 @@ struct ringmq_delivery {
 	int32_t partition;
 	int64_t offset;      /* -1 unless err == 0 and acks != 0 */
 	void *opaque;        /* as passed to ringmq_produce */
+	/* NULL if err == 0; else a one-line reason, e.g. the broker's or, for
+	 * RINGMQ_ERR_BATCH_TOO_LARGE, the topic's max.message.bytes the
+	 * message exceeds. Valid during the callback only. */
+	const char *errstr;
 };
 
 /* Called once per message, on the producer's I/O thread: keep it short and

@@ -176,3 +176,32 @@ int tu_write_junk(const char *path, size_t len, uint64_t seed)
 	close(fd);
 	return 0;
 }
+
+void tu_make_value(char *v, size_t len, size_t i)
+{
+	char head[16];
+	snprintf(head, sizeof(head), "%010zu:", i);
+	memcpy(v, head, len < 11 ? len : 11);
+	for (size_t k = 11; k < len; k++)
+		v[k] = (char)('a' + (i * 7 + k) % 26);
+}
+
+size_t tu_value_index(const void *p, size_t len)
+{
+	if (len < 11 || ((const char *)p)[10] != ':')
+		return SIZE_MAX;
+	char head[11];
+	memcpy(head, p, 10);
+	head[10] = '\0';
+	char *end;
+	unsigned long long i = strtoull(head, &end, 10);
+	if (*end != '\0')
+		return SIZE_MAX;
+	char *want = malloc(len);
+	if (want == NULL)
+		return SIZE_MAX;
+	tu_make_value(want, len, (size_t)i);
+	bool same = memcmp(want, p, len) == 0;
+	free(want);
+	return same ? (size_t)i : SIZE_MAX;
+}

@@ -24,6 +24,14 @@ uint8_t *tu_batch(uint32_t count, uint32_t value_len, uint64_t seed, int64_t ts0
 /* The value tu_batch writes for record i. */
 void tu_value(uint8_t *out, uint32_t len, uint64_t seed, uint32_t i);
 
+/* Numbered message bodies: "%010zu:" (the index), then letters derived
+ * from it; len may be anything (a short body is cut). */
+void tu_make_value(char *v, size_t len, size_t i);
+
+/* The index a body made by tu_make_value carries, or SIZE_MAX if it is not
+ * one (every byte is checked). */
+size_t tu_value_index(const void *p, size_t len);
+
 struct tu_env {
 	struct ioq q;
 	struct log_env *env;

@@ -113,34 +113,7 @@ static struct ringmq_consumer *consumer(struct fx *f, const char *const *kv)
 	return c;
 }
 
-/* ---- numbered messages: "%010zu:" then letters derived from the index ---- */
-
-static void make_value(char *v, size_t len, size_t i)
-{
-	char head[16];
-	snprintf(head, sizeof(head), "%010zu:", i);
-	memcpy(v, head, len < 11 ? len : 11);
-	for (size_t k = 11; k < len; k++)
-		v[k] = (char)('a' + (i * 7 + k) % 26);
-}
-
-static size_t value_index(const void *p, size_t len)
-{
-	if (len < 11 || ((const char *)p)[10] != ':')
-		return SIZE_MAX;
-	char head[11];
-	memcpy(head, p, 10);
-	head[10] = '\0';
-	char *end;
-	unsigned long long i = strtoull(head, &end, 10);
-	if (*end != '\0')
-		return SIZE_MAX;
-	char *want = malloc(len);
-	make_value(want, len, (size_t)i);
-	bool same = memcmp(want, p, len) == 0;
-	free(want);
-	return same ? (size_t)i : SIZE_MAX;
-}
+/* ---- numbered messages: tu_make_value (testutil.h) ---- */
 
 /* Produces messages [from, to) of 100 bytes to one partition, timestamps
  * T0 + 1000 * i, and waits for them. */
@@ -150,7 +123,7 @@ static void produce_range(struct fx *f, const char *topic, int32_t part, size_t 
 	struct ringmq_producer *p = producer(f, kv);
 	for (size_t i = from; i < to; i++) {
 		char v[100];
-		make_value(v, sizeof(v), i);
+		tu_make_value(v, sizeof(v), i);
 		assert_int_equal(ringmq_produce(p, topic, part, NULL, 0, v, sizeof(v), NULL, 0,
 						T0 + 1000 * (int64_t)i, NULL), 0);
 	}
@@ -170,7 +143,7 @@ static size_t poll_some(struct ringmq_consumer *c, int timeout_ms, int64_t *firs
 	if (ret != 0)
 		fail_msg("poll: %s: %s", ringmq_strerror(ret), err);
 	for (size_t i = 0; i < n; i++) {
-		size_t idx = value_index(m[i].value, m[i].value_len);
+		size_t idx = tu_value_index(m[i].value, m[i].value_len);
 		if (idx == SIZE_MAX || (int64_t)idx != m[i].offset)
 			fail_msg("offset %" PRId64 " holds the wrong value", m[i].offset);
 		if (i > 0 && m[i].offset != m[i - 1].offset + 1)
@@ -435,7 +408,7 @@ static void test_views_and_pipelining(void **state)
 		assert_int_equal(m[i].partition, cp[i].partition);
 		assert_int_equal(m[i].value_len, cp[i].value_len);
 		assert_memory_equal(m[i].value, cp[i].value, cp[i].value_len);
-		assert_int_equal(value_index(m[i].value, m[i].value_len), (size_t)m[i].offset);
+		assert_int_equal(tu_value_index(m[i].value, m[i].value_len), (size_t)m[i].offset);
 	}
 	int64_t last = m[n - 1].offset;
 
@@ -611,7 +584,7 @@ static void test_corrupt_batch(void **state)
 		for (size_t j = 0; j < n; j++) {
 			/* Never garbage: everything handed out is what was sent. */
 			assert_int_equal(m[j].offset, next);
-			assert_int_equal(value_index(m[j].value, m[j].value_len), (size_t)next);
+			assert_int_equal(tu_value_index(m[j].value, m[j].value_len), (size_t)next);
 			next++;
 		}
 	}
@@ -741,7 +714,7 @@ static void test_survives_restart(void **state)
 		assert_int_equal(ret, 0);
 		for (size_t j = 0; j < n; j++) {
 			assert_int_equal(m[j].offset, next);
-			assert_int_equal(value_index(m[j].value, m[j].value_len), (size_t)next);
+			assert_int_equal(tu_value_index(m[j].value, m[j].value_len), (size_t)next);
 			next++;
 		}
 	}

@@ -1,5 +1,6 @@
 /* test_producer.c — the producer against real brokers: batching, partitioning,
- * acks, idempotent retries through lost replies and refused batches, many
+ * acks, idempotent retries through lost replies and refused batches, batches
+ * split to fit a topic's max.message.bytes, many
  * threads at once, the buffer.memory bound, delivery.timeout.ms, and brokers
  * killed or stopped and restarted under it. */
 #include <errno.h>
@@ -141,6 +142,12 @@ struct track {
 	int64_t *off;
 	size_t total, errors, bad_opaque;
 	int64_t first_ms, last_ms;
+	char errstr[256];    /* the first failed report's errstr */
+	/* If gate: the report of message gate_at holds the I/O thread until
+	 * gate_open (gate_hit tells the test it is there). */
+	pthread_cond_t cv;
+	bool gate, gate_hit, gate_open;
+	size_t gate_at;
 };
 
 /* On the heap: a test that fails with a producer still running leaves
@@ -150,6 +157,7 @@ static struct track *track_new(size_t n)
 	struct track *t = calloc(1, sizeof(*t));
 	assert_non_null(t);
 	pthread_mutex_init(&t->mu, NULL);
+	pthread_cond_init(&t->cv, NULL);
 	t->n = n;
 	t->reports = calloc(n, sizeof(*t->reports));
 	t->err = calloc(n, sizeof(*t->err));
@@ -166,6 +174,7 @@ static void track_free(struct track *t)
 	free(t->part);
 	free(t->off);
 	pthread_mutex_destroy(&t->mu);
+	pthread_cond_destroy(&t->cv);
 	free(t);
 }
 
@@ -186,8 +195,16 @@ static void on_delivery(const struct ringmq_delivery *d, void *opaque)
 		t->part[i] = d->partition;
 		t->off[i] = d->offset;
 	}
-	if (d->err != 0)
-		t->errors++;
+	if (d->err != 0 && t->errors++ == 0)
+		snprintf(t->errstr, sizeof(t->errstr), "%s", d->errstr ? d->errstr : "(null)");
+	if ((d->err == 0) != (d->errstr == NULL))
+		t->bad_opaque++; /* errstr with every error, and only then */
+	if (t->gate && i == t->gate_at) {
+		t->gate_hit = true;
+		pthread_cond_broadcast(&t->cv);
+		while (!t->gate_open)
+			pthread_cond_wait(&t->cv, &t->mu);
+	}
 	pthread_mutex_unlock(&t->mu);
 }
 
@@ -234,41 +251,13 @@ static struct ringmq_producer *producer(struct fx *f, struct track *t, const cha
 	return p;
 }
 
-/* ---- message bodies: "%010zu:" then letters derived from the index ---- */
-
-static void make_value(char *v, size_t len, size_t i)
-{
-	char head[16];
-	snprintf(head, sizeof(head), "%010zu:", i);
-	memcpy(v, head, len < 11 ? len : 11);
-	for (size_t k = 11; k < len; k++)
-		v[k] = (char)('a' + (i * 7 + k) % 26);
-}
-
-/* The index a value carries, or SIZE_MAX if it is not one of ours. */
-static size_t value_index(const void *p, size_t len)
-{
-	if (len < 11 || ((const char *)p)[10] != ':')
-		return SIZE_MAX;
-	char head[11];
-	memcpy(head, p, 10);
-	head[10] = '\0';
-	char *end;
-	unsigned long long i = strtoull(head, &end, 10);
-	if (*end != '\0')
-		return SIZE_MAX;
-	char *want = malloc(len);
-	make_value(want, len, (size_t)i);
-	bool same = memcmp(want, p, len) == 0;
-	free(want);
-	return same ? (size_t)i : SIZE_MAX;
-}
+/* ---- message bodies: tu_make_value (testutil.h) ---- */
 
 static int produce_n(struct ringmq_producer *p, const char *topic, int32_t part, size_t i,
 		     const char *key)
 {
 	char v[VALUE_LEN];
-	make_value(v, sizeof(v), i);
+	tu_make_value(v, sizeof(v), i);
 	return ringmq_produce(p, topic, part, key, key ? strlen(key) : 0, v, sizeof(v), NULL, 0, 0,
 			      (void *)(uintptr_t)i);
 }
@@ -342,7 +331,7 @@ static void read_back(struct fx *f, const char *topic, uint32_t nparts, struct s
 					 m[j].offset, next[p] - 1);
 			next[p]++;
 			s->total++;
-			size_t i = value_index(m[j].value, m[j].value_len);
+			size_t i = tu_value_index(m[j].value, m[j].value_len);
 			if (i >= n) {
 				s->foreign++;
 				continue;
@@ -461,6 +450,7 @@ static long long metric(struct fx *f, const char *line_prefix)
 }
 
 #define PRODUCE_REQUESTS "ringmq_requests_total{api=\"PRODUCE\"} "
+#define PRODUCE_ERRORS "ringmq_request_errors_total{api=\"PRODUCE\"} "
 
 /* Waits (bounded) until the producer has nothing outstanding. */
 static void wait_idle(struct ringmq_producer *p, int timeout_ms)
@@ -542,7 +532,7 @@ static void test_small_batches(void **state)
 	for (size_t k = 0; k < 2; k++) {
 		size_t i = n + 2 * k;
 		char *big = malloc(sizes[k]);
-		make_value(big, sizes[k], i);
+		tu_make_value(big, sizes[k], i);
 		assert_int_equal(ringmq_produce(p, "small", 0, NULL, 0, big, sizes[k], NULL, 0, 0,
 						(void *)(uintptr_t)i), 0);
 		free(big);
@@ -1019,7 +1009,7 @@ static void test_rejected_batch_no_duplicates(void **state)
 	const char *kv[] = { "batch.size", "1024", "linger.ms", "0", NULL };
 	struct ringmq_producer *p = producer(f, t, kv);
 	char *big = malloc(6000);
-	make_value(big, 6000, n + 1);
+	tu_make_value(big, 6000, n + 1);
 	for (size_t i = 0; i < n; i++) {
 		assert_int_equal(produce_n(p, "gap", 1, i, NULL), 0);
 		if (i % 4000 != 2000)
@@ -1078,7 +1068,7 @@ static void test_packed_batches_one_refused(void **state)
 		/* Too large for the topic, in a batch of its own between
 		 * small ones. */
 		size_t j = n + i / 1000;
-		make_value(big, 6000, j);
+		tu_make_value(big, 6000, j);
 		assert_int_equal(ringmq_produce(p, "packs", 0, NULL, 0, big, 6000, NULL, 0, 0,
 						(void *)(uintptr_t)j), 0);
 	}
@@ -1174,6 +1164,11 @@ static void fake_answer(struct fake *fk, int fd, const uint8_t *frame, uint32_t 
 			mdt[i] = (struct proto_md_topic){ req.metadata.topics[i], 0, pstr_c(""), 1,
 							  &mdp };
 		resp.metadata = (struct proto_metadata_resp){ req.metadata.ntopics, mdt };
+		break;
+	case API_DESCRIBE_TOPIC:
+		/* No settings: the producer goes by batch.size. */
+		resp.describe_topic = (struct proto_describe_topic_resp){ req.describe_topic.name, 1,
+									   0, NULL, 0, NULL };
 		break;
 	case API_PRODUCE: {
 		/* One topic, one partition: what these tests send. */
@@ -1548,6 +1543,185 @@ static void test_unreachable(void **state)
 	track_free(t);
 }
 
+/* ---- the topic's max.message.bytes ---- */
+
+/* Produces messages [from, to) of VALUE_LEN bytes, keyless (sticky). */
+static void produce_range(struct ringmq_producer *p, const char *topic, size_t from, size_t to)
+{
+	for (size_t i = from; i < to; i++)
+		assert_int_equal(produce_n(p, topic, RINGMQ_PARTITION_ANY, i, NULL), 0);
+}
+
+/* No stored batch of the topic is larger than `limit`. */
+static void assert_batches_within(struct fx *f, const char *topic, uint32_t nparts,
+				  uint32_t limit)
+{
+	for (uint32_t i = 0; i < nparts; i++) {
+		struct batches bs;
+		count_batches(f, topic, i, &bs);
+		if (bs.count > 0 && bs.max_len > limit)
+			fail_msg("%s[%u]: a batch of %u bytes, over max.message.bytes %u", topic, i,
+				 bs.max_len, limit);
+	}
+}
+
+/* A topic whose max.message.bytes is far below batch.size: the producer
+ * builds batches the topic takes (it asks for the setting with the
+ * metadata), and every message is stored once, in order. */
+static void test_topic_limit_small(void **state)
+{
+	struct fx *f = *state;
+	const char *compressions[] = { "none", "lz4" };
+	for (int c = 0; c < 2; c++) {
+		char topic[32];
+		snprintf(topic, sizeof(topic), "small-%s", compressions[c]);
+		create_topic(f, topic, 2, "max.message.bytes", "4096");
+		size_t n = 5000;
+		struct track *t = track_new(n);
+		const char *kv[] = { "batch.size", "262144", "linger.ms", "20", "compression",
+				     compressions[c], NULL };
+		struct ringmq_producer *p = producer(f, t, kv);
+		produce_range(p, topic, 0, n);
+		assert_int_equal(ringmq_producer_flush(p, 20000), 0);
+		ringmq_producer_free(p);
+		if (t->errors)
+			fail_msg("%s: %zu of %zu failed, e.g. %s", topic, t->errors, n, t->errstr);
+		assert_delivered_once(t, 0, n);
+		struct seen s;
+		read_back(f, topic, 2, &s, n, n); /* one stream: in order per partition */
+		assert_exactly_once(&s, t);
+		seen_free(&s);
+		track_free(t);
+		assert_batches_within(f, topic, 2, 4096);
+	}
+	/* Known up front: the broker refused nothing. */
+	assert_int_equal(metric(f, PRODUCE_ERRORS), 0);
+}
+
+/* The topic's max.message.bytes is lowered under a running producer that
+ * knows the old one: the broker refuses its large batches (many in flight,
+ * idempotent), and the producer splits them, learns the new limit and sends
+ * again: nothing lost, nothing twice, order kept, no error reported. */
+static void test_topic_limit_lowered(void **state)
+{
+	struct fx *f = *state;
+	const char *compressions[] = { "none", "lz4" };
+	for (int c = 0; c < 2; c++) {
+		char topic[32];
+		snprintf(topic, sizeof(topic), "shrink-%s", compressions[c]);
+		create_topic(f, topic, 1, NULL, NULL);
+		size_t n = 8000, q = 1000;
+		struct track *t = track_new(n);
+		const char *kv[] = { "batch.size", "65536", "linger.ms", "5", "compression",
+				     compressions[c], NULL };
+		t->gate = true;
+		t->gate_at = q - 1;
+		struct ringmq_producer *p = producer(f, t, kv);
+		produce_range(p, topic, 0, q);
+		/* The I/O thread waits in the report of message q-1 while the
+		 * limit is lowered and the rest queue up in full batches: then
+		 * many go at once, several to a request, and all are refused. */
+		ringmq_producer_flush(p, 0);
+		pthread_mutex_lock(&t->mu);
+		while (!t->gate_hit)
+			pthread_cond_wait(&t->cv, &t->mu);
+		pthread_mutex_unlock(&t->mu);
+		char err[256];
+		struct ringmq_kv cfg = { "max.message.bytes", "4096" };
+		assert_int_equal(ringmq_topic_alter(f->admin, topic, 0, &cfg, 1, err, sizeof(err)),
+				 0);
+		long long refused = metric(f, PRODUCE_ERRORS);
+		produce_range(p, topic, q, n);
+		pthread_mutex_lock(&t->mu);
+		t->gate_open = true;
+		pthread_cond_broadcast(&t->cv);
+		pthread_mutex_unlock(&t->mu);
+		assert_int_equal(ringmq_producer_flush(p, 30000), 0);
+		ringmq_producer_free(p);
+		refused = metric(f, PRODUCE_ERRORS) - refused;
+		print_message("      %s: %lld partition answers refused before the split\n", topic,
+			      refused);
+		assert_true(refused > 0); /* the path under test was taken */
+		if (t->errors)
+			fail_msg("%s: %zu of %zu failed, e.g. %s", topic, t->errors, n, t->errstr);
+		assert_delivered_once(t, 0, n);
+		struct seen s;
+		read_back(f, topic, 1, &s, n, n);
+		assert_exactly_once(&s, t);
+		seen_free(&s);
+		track_free(t);
+	}
+}
+
+/* A broker that refuses batches as too large without naming its limit: the
+ * producer halves them until they pass. */
+static void test_too_large_halved(void **state)
+{
+	(void)state;
+	struct fake *fk = fake_start(ERR_BATCH_TOO_LARGE, 5);
+	size_t n = 400;
+	struct track *t = track_new(n);
+	const char *kv[] = { "linger.ms", "50", "batch.size", "262144", NULL };
+	struct ringmq_producer *p = fake_producer(fk, t, kv);
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(produce_n(p, "halves", 0, i, NULL), 0);
+	assert_true(wait_reports(t, n, 20000));
+	ringmq_producer_free(p);
+	if (t->errors)
+		fail_msg("%zu of %zu failed, e.g. %s", t->errors, n, t->errstr);
+	assert_delivered_once(t, 0, n);
+	pthread_mutex_lock(&fk->mu);
+	assert_true(fk->nproduce > 5);
+	pthread_mutex_unlock(&fk->mu);
+	track_free(t);
+	fake_stop(fk);
+}
+
+/* One message larger than the topic's max.message.bytes fails alone, with
+ * BATCH_TOO_LARGE and a reason that names the limit; the small ones around
+ * it are stored. */
+static void test_record_too_large_for_topic(void **state)
+{
+	struct fx *f = *state;
+	create_topic(f, "tiny", 1, "max.message.bytes", "4096");
+	size_t n = 3000, big_at = 1500;
+	struct track *t = track_new(n);
+	const char *kv[] = { "batch.size", "262144", "linger.ms", "5", NULL };
+	struct ringmq_producer *p = producer(f, t, kv);
+	char *big = malloc(6000);
+	tu_make_value(big, 6000, big_at);
+	for (size_t i = 0; i < n; i++) {
+		if (i == big_at)
+			assert_int_equal(ringmq_produce(p, "tiny", 0, NULL, 0, big, 6000, NULL, 0, 0,
+							(void *)(uintptr_t)i), 0);
+		else
+			assert_int_equal(produce_n(p, "tiny", 0, i, NULL), 0);
+	}
+	assert_int_equal(ringmq_producer_flush(p, 20000), 0);
+	ringmq_producer_free(p);
+	free(big);
+	assert_int_equal(t->errors, 1);
+	assert_int_equal(t->reports[big_at], 1);
+	assert_int_equal(t->err[big_at], RINGMQ_ERR_BATCH_TOO_LARGE);
+	if (strstr(t->errstr, "max.message.bytes 4096") == NULL)
+		fail_msg("the reason does not name the limit: %s", t->errstr);
+	print_message("      %s\n", t->errstr);
+	assert_delivered_once(t, 0, big_at);
+	assert_delivered_once(t, big_at + 1, n);
+	struct seen s;
+	read_back(f, "tiny", 1, &s, n, n);
+	size_t missing = 0, twice = 0;
+	for (size_t i = 0; i < n; i++) {
+		missing += i != big_at && s.count[i] == 0;
+		twice += s.count[i] > 1 || (i == big_at && s.count[i] > 0);
+	}
+	if (missing || twice || s.foreign)
+		fail_msg("in the log: %zu missing, %zu twice or refused, %zu foreign", missing,
+			 twice, s.foreign);
+	seen_free(&s);
+	track_free(t);
+}
+
 /* ---- a broker killed and restarted ---- */
 
 static void test_reconnect_after_kill9(void **state)
@@ -1588,21 +1762,14 @@ static void test_reconnect_after_kill9(void **state)
 	ringmq_producer_free(p);
 	assert_delivered_once(t, 0, n);
 
-	/* Everything acknowledged is there, where it was reported. Batches
-	 * appended just before the kill but not acknowledged were sent again
-	 * to a broker that had forgotten the producer: those may be twice. */
+	/* Everything is there once, where it was reported: batches appended
+	 * just before the kill but not acknowledged are sent again, and the
+	 * restarted broker, which restores idempotent producers' state from
+	 * its log, recognises them. */
 	connect_admin(f);
 	struct seen s;
 	read_back(f, "phoenix", 2, &s, n, 0);
-	size_t missing = 0, moved = 0;
-	for (size_t i = 0; i < n; i++) {
-		missing += s.count[i] == 0;
-		moved += s.count[i] == 1 && (s.part[i] != t->part[i] || s.off[i] != t->off[i]);
-	}
-	assert_int_equal(missing, 0);
-	assert_int_equal(moved, 0);
-	assert_int_equal(s.foreign, 0);
-	print_message("      %zu duplicates after kill -9 (unacknowledged retries)\n", s.dups);
+	assert_exactly_once(&s, t);
 	seen_free(&s);
 	track_free(t);
 }
@@ -1692,6 +1859,10 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_rejected_batch_no_duplicates, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_packed_batches_one_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_topic_limit_small, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_topic_limit_lowered, setup, teardown),
+		cmocka_unit_test(test_too_large_halved),
+		cmocka_unit_test_setup_teardown(test_record_too_large_for_topic, setup, teardown),
 		cmocka_unit_test(test_retry_backoff),
 		cmocka_unit_test(test_disk_full_reported),
 		cmocka_unit_test_setup_teardown(test_many_threads, setup, teardown),
