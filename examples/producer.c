@@ -28,7 +28,7 @@ static void on_delivery(const struct ringmq_delivery *d, void *opaque)
 	}
 	if (atomic_fetch_add(&c->failed, 1) == 0)
 		fprintf(stderr, "producer: %s[%d]: %s\n", d->topic, (int)d->partition,
-			ringmq_strerror(d->err));
+			d->errstr);
 }
 
 static int set(struct ringmq_config *cfg, const char *key, const char *value)

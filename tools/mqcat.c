@@ -196,6 +196,7 @@ static struct {
 	atomic_ulong failed;
 	atomic_int first_err;
 	atomic_int first_partition;
+	char first_why[256]; /* the first failure's reason; written once, read after flush */
 } deliveries;
 
 /* Runs on the producer's I/O thread: only counts. */
@@ -208,6 +209,8 @@ static void on_delivery(const struct ringmq_delivery *d, void *opaque)
 		atomic_store_explicit(&deliveries.first_err, d->err, memory_order_relaxed);
 		atomic_store_explicit(&deliveries.first_partition, d->partition,
 				      memory_order_relaxed);
+		snprintf(deliveries.first_why, sizeof(deliveries.first_why), "%s",
+			 d->errstr ? d->errstr : ringmq_strerror(d->err));
 	}
 }
 
@@ -322,7 +325,7 @@ static int run_produce(struct ringmq_config *cfg)
 		int e = atomic_load(&deliveries.first_err);
 		fail("%lu of %lu messages were not delivered; the first to %s[%d]: %s%s", failed,
 		     ps.lines, g.topic, atomic_load(&deliveries.first_partition),
-		     ringmq_strerror(e),
+		     deliveries.first_why,
 		     e == RINGMQ_ERR_TIMEOUT ? " (delivery.timeout.ms)" : "");
 	}
 	return 0;

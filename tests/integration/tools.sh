@@ -281,8 +281,8 @@ want 2 "$MQCAT" "${B[@]}" -C -t orders -c 0
 # delivery fails, and mqcat says so and exits 1.
 head -c 2000 /dev/zero | tr '\0' z >"$T/big"
 want 1 "$MQCAT" "${B[@]}" -P -t small <"$T/big"
-err_is "mqcat: 1 of 1 messages were not delivered; the first to small[0]: $(
-	)batch larger than the topic's max.message.bytes"
+err_has "mqcat: 1 of 1 messages were not delivered; the first to small[0]: a message of "
+err_has "exceeds topic 'small' max.message.bytes 1024"
 head -c 2000000 /dev/zero | tr '\0' z >"$T/huge"
 want 1 "$MQCAT" "${B[@]}" -P -t small <"$T/huge"
 err_has "1 of 1 messages were too large to send, the first on line 1"
