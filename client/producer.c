@@ -64,7 +64,8 @@ struct pbatch {
 	uint32_t partition;
 	struct batch_builder b;
 	uint8_t *buf;
-	size_t cap;
+	size_t cap;              /* allocated, and what the builder may fill */
+	size_t max_cap;          /* what it may grow to while open (batch_grow) */
 	uint32_t count;
 	void **opaques;
 	uint32_t opq_cap;
@@ -235,8 +236,14 @@ static void batch_release(struct pbatch *b)
 	free(b);
 }
 
+/* A new open batch starts this small and doubles as records come, up to
+ * batch.size: buffer.memory counts what is allocated, so a producer writing
+ * to many partitions is not held to buffer.memory / batch.size open batches
+ * (1,000 partitions at 64 KiB each would block it on half of them). */
+#define BATCH_START_BYTES (16u << 10)
+
 static struct pbatch *batch_new(struct ringmq_producer *p, struct ptopic *t, uint32_t part,
-				size_t cap)
+				size_t cap, size_t max_cap)
 {
 	struct pbatch *b = calloc(1, sizeof(*b));
 	if (b == NULL)
@@ -247,6 +254,7 @@ static struct pbatch *batch_new(struct ringmq_producer *p, struct ptopic *t, uin
 		return NULL;
 	}
 	b->cap = cap;
+	b->max_cap = max_cap > cap ? max_cap : cap;
 	b->topic = t;
 	b->partition = part;
 	b->created_ms = rc_now_ms();
@@ -254,6 +262,29 @@ static struct pbatch *batch_new(struct ringmq_producer *p, struct ptopic *t, uin
 	batch_builder_init(&b->b, b->buf, cap);
 	p->mem += b->mem;
 	return b;
+}
+
+/* Grows an open batch so that `need` more bytes fit, doubling, up to its
+ * max_cap and only within buffer.memory. Caller holds mu. Returns false if
+ * it cannot: the batch is then closed like a full one. */
+static bool batch_grow(struct ringmq_producer *p, struct pbatch *b, size_t need)
+{
+	if (b->cap >= b->max_cap || b->sealed)
+		return false;
+	size_t want = b->b.len + need;
+	size_t ncap = b->cap * 2 > want ? b->cap * 2 : want;
+	if (ncap > b->max_cap)
+		ncap = b->max_cap;
+	if (ncap < want || p->mem + (ncap - b->cap) > p->cfg.buffer_memory)
+		return false;
+	uint8_t *nb = realloc(b->buf, ncap);
+	if (nb == NULL)
+		return false;
+	p->mem += ncap - b->cap;
+	b->mem += ncap - b->cap;
+	b->buf = b->b.buf = nb;
+	b->cap = b->b.cap = ncap;
+	return true;
 }
 
 /* Moves the open batch of a partition to its send queue. */
@@ -449,10 +480,12 @@ int ringmq_produce(struct ringmq_producer *p, const char *topic, int32_t partiti
 				}
 				b->count++;
 				p->outstanding++;
-				if (b->b.len + BATCH_HEADER_SIZE >= b->cap)
+				if (b->b.len + BATCH_HEADER_SIZE >= b->max_cap)
 					woke = true;
 				break;
 			}
+			if (r == -ENOSPC && batch_grow(p, b, need))
+				continue;
 			if (r != -ENOSPC || b->count == 0) {
 				ret = RINGMQ_ERR_MSG_TOO_LARGE;
 				goto out;
@@ -461,8 +494,12 @@ int ringmq_produce(struct ringmq_producer *p, const char *topic, int32_t partiti
 			woke = true;
 		}
 		size_t cap = size > need + BATCH_HEADER_SIZE ? size : need + BATCH_HEADER_SIZE;
+		size_t first = cap;
+		if (first > BATCH_START_BYTES)
+			first = need + BATCH_HEADER_SIZE > BATCH_START_BYTES ? need + BATCH_HEADER_SIZE
+									 : BATCH_START_BYTES;
 		/* (P3): wait for room, or fail at once, per block.on.buffer.full. */
-		while (p->mem + cap > p->cfg.buffer_memory && p->mem > 0 && !p->closing) {
+		while (p->mem + first > p->cfg.buffer_memory && p->mem > 0 && !p->closing) {
 			deadline = block_deadline(p, deadline);
 			if (!p->cfg.block_on_full || rc_now_ms() >= deadline) {
 				ret = RINGMQ_ERR_QUEUE_FULL;
@@ -485,7 +522,7 @@ int ringmq_produce(struct ringmq_producer *p, const char *topic, int32_t partiti
 		}
 		if (pp->open != NULL)
 			continue; /* another thread opened one while we waited */
-		pp->open = batch_new(p, t, part, cap);
+		pp->open = batch_new(p, t, part, first, cap);
 		if (pp->open == NULL) {
 			ret = RINGMQ_ERR_NO_MEMORY;
 			goto out;
@@ -675,7 +712,7 @@ static int split_batch(struct ringmq_producer *p, struct pbatch *b, uint32_t lim
 				size_t need = BATCH_HEADER_SIZE +
 					      batch_record_size(rec.key_len, rec.value_len, kv, nh);
 				struct pbatch *n = batch_new(p, t, b->partition,
-							     need > limit ? need : limit);
+							     need > limit ? need : limit, 0);
 				if (n == NULL)
 					goto fail;
 				n->created_ms = b->created_ms; /* delivery.timeout.ms runs on */
@@ -760,11 +797,12 @@ static void topic_limit(struct ptopic *t, uint32_t limit)
 	t->max_batch = limit;
 	for (uint32_t i = 0; i < t->nparts; i++) {
 		struct pbatch *o = t->parts[i].open;
-		if (o == NULL || o->cap <= limit)
+		if (o == NULL || o->max_cap <= limit)
 			continue;
 		if (o->b.len <= limit) {
-			o->cap = limit;
-			o->b.cap = limit;
+			o->max_cap = limit;
+			if (o->cap > limit)
+				o->cap = o->b.cap = limit; /* the allocation stays counted (mem) */
 		} else {
 			batch_close(t, i);
 		}
@@ -1280,7 +1318,7 @@ static int close_due(struct ringmq_producer *p, int64_t now)
 			if (b == NULL || b->count == 0)
 				continue;
 			int64_t due = b->created_ms + p->cfg.linger_ms;
-			bool full = b->b.len + 64 >= b->cap;
+			bool full = b->b.len + 64 >= b->max_cap;
 			/* While it could not be sent at once (every request slot
 			 * taken, or the partition's idempotence window full), a
 			 * batch whose linger is over keeps filling instead: closed
