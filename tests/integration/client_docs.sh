@@ -5,6 +5,8 @@
 set -euo pipefail
 
 BUILD=$(cd "${1:?usage: client_docs.sh BUILD}" && pwd)
+# shellcheck source=tests/integration/lib/broker.sh
+. "$(dirname "$0")/lib/broker.sh"
 cd "$(dirname "$0")/../.."
 DOC=docs/client.md
 LIB=$BUILD/lib/libringmq.a
@@ -15,13 +17,9 @@ done
 CC=${CC:-cc}
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/ringmq-client-docs.XXXXXX")
-BROKER_PID=
 # Stops only the broker this script started, and removes its files.
 cleanup() {
-	if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
-		kill -TERM "$BROKER_PID"
-		wait "$BROKER_PID" || true
-	fi
+	broker_cleanup
 	rm -rf "$T"
 }
 trap cleanup EXIT
@@ -75,16 +73,7 @@ for ex in producer consumer; do
 done
 
 step "start ringmqd"
-"$RINGMQD" --data-dir "$T/data" --listen 127.0.0.1:0 --http off 2>"$T/broker.log" &
-BROKER_PID=$!
-ADDR=
-for _ in $(seq 100); do
-	ADDR=$(sed -n 's/^ringmqd: ready on \([^ ]*\) (http .*/\1/p' "$T/broker.log")
-	[ -n "$ADDR" ] && break
-	kill -0 "$BROKER_PID" 2>/dev/null || fail "ringmqd exited: $(cat "$T/broker.log")"
-	sleep 0.1
-done
-[ -n "$ADDR" ] || fail "ringmqd printed no ready line within 10 s"
+broker_start off || fail "$BROKER_ERR"
 unset RINGMQ_BROKERS
 
 # run LIMIT CMD...: runs CMD with a time limit, status in $rc, output in
@@ -155,7 +144,5 @@ grep -q "127.0.0.1:1" "$T/err" || fail "producer error does not name the broker:
 run 30 "$T/producer" "not a broker" docs 10
 [ "$rc" -eq 2 ] || fail "producer with a malformed broker list exited $rc"
 
-kill -TERM "$BROKER_PID"
-wait "$BROKER_PID" || fail "ringmqd did not exit 0 on SIGTERM"
-BROKER_PID=
+broker_stop || fail "ringmqd did not exit 0 on SIGTERM"
 echo "client_docs.sh: ok ($SECONDS s)"

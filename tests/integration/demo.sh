@@ -19,6 +19,8 @@
 set -euo pipefail
 
 BUILD=$(cd "${1:?usage: demo.sh BUILD}" && pwd)
+# shellcheck source=tests/integration/lib/broker.sh
+. "$(dirname "$0")/lib/broker.sh"
 cd "$(dirname "$0")/../.."
 N=${DEMO_ORDERS:-3000}
 RATE=${DEMO_RATE:-500}
@@ -102,16 +104,7 @@ applied() {
 }
 
 step "start ringmqd on 127.0.0.1, free ports, data in $T/data"
-"$RINGMQD" --data-dir "$T/data" --listen 127.0.0.1:0 --http 127.0.0.1:0 2>"$T/broker.log" &
-BROKER_PID=$!
-ADDR=
-for _ in $(seq 100); do
-	ADDR=$(sed -n 's/^ringmqd: ready on \([^ ]*\) (http .*/\1/p' "$T/broker.log")
-	[ -n "$ADDR" ] && break
-	kill -0 "$BROKER_PID" 2>/dev/null || fail "ringmqd exited: $(cat "$T/broker.log")"
-	sleep 0.1
-done
-[ -n "$ADDR" ] || fail "ringmqd printed no ready line within 10 s"
+broker_start 127.0.0.1:0 || fail "$BROKER_ERR"
 say "$(grep '^ringmqd: ready' "$T/broker.log")"
 
 step "mqadm topic create orders --partitions 4"
@@ -229,7 +222,5 @@ diff "$T/want-notes" "$T/got-notes" >"$T/diff" ||
 	fail "notifications differ (expected < > written): $(head -20 "$T/diff")"
 say "$(wc -l <"$T/notifications.txt") lines, e.g.: $(head -1 "$T/notifications.txt")"
 
-kill -TERM "$BROKER_PID"
-wait "$BROKER_PID" || fail "ringmqd did not exit 0 on SIGTERM"
-BROKER_PID=''
+broker_stop || fail "ringmqd did not exit 0 on SIGTERM"
 echo "demo.sh: all checks passed ($SECONDS s)"

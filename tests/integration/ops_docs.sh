@@ -11,6 +11,8 @@
 set -euo pipefail
 
 BUILD=$(cd "${1:?usage: ops_docs.sh BUILD}" && pwd)
+# shellcheck source=tests/integration/lib/broker.sh
+. "$(dirname "$0")/lib/broker.sh"
 cd "$(dirname "$0")/../.."
 DOC=docs/operations.md
 RINGMQD=$BUILD/bin/ringmqd
@@ -22,12 +24,8 @@ done
 [ -f "$DOC" ] || { echo "ops_docs.sh: no $DOC" >&2; exit 1; }
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/ringmq-ops-docs.XXXXXX")
-BROKER_PID=
 cleanup() {
-	if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
-		kill -TERM "$BROKER_PID"
-		wait "$BROKER_PID" || true
-	fi
+	broker_cleanup
 	rm -rf "$T"
 }
 trap cleanup EXIT
@@ -115,17 +113,8 @@ for f in $flags; do
 done
 
 step "metrics of a running broker"
-"$RINGMQD" --data-dir "$T/data" --listen 127.0.0.1:0 --http 127.0.0.1:0 2>"$T/broker.log" &
-BROKER_PID=$!
-ADDR= HTTP=
-for _ in $(seq 100); do
-	ADDR=$(sed -n 's/^ringmqd: ready on \([^ ]*\) (http \([^)]*\))$/\1/p' "$T/broker.log")
-	HTTP=$(sed -n 's/^ringmqd: ready on \([^ ]*\) (http \([^)]*\))$/\2/p' "$T/broker.log")
-	[ -n "$ADDR" ] && break
-	kill -0 "$BROKER_PID" 2>/dev/null || { echo "FAIL: ringmqd exited: $(cat "$T/broker.log")" >&2; exit 1; }
-	sleep 0.1
-done
-[ -n "$ADDR" ] || { echo "FAIL: ringmqd printed no ready line within 10 s" >&2; exit 1; }
+broker_start 127.0.0.1:0 || { echo "FAIL: $BROKER_ERR" >&2; exit 1; }
+HTTP=$BROKER_HTTP
 timeout 10 "$MQADM" -b "$ADDR" topic create opsdocs --partitions 2 >/dev/null
 echo "k:v" | timeout 10 "$MQCAT" -b "$ADDR" -P -t opsdocs -K :
 timeout 10 "$MQCAT" -b "$ADDR" -C -t opsdocs -G opsdocs -e >/dev/null
@@ -150,9 +139,7 @@ for m in $documented; do
 	echo "$exported" | grep -qxF "$m" || bad "$DOC lists metric $m, which /metrics does not export"
 done
 
-kill -TERM "$BROKER_PID"
-wait "$BROKER_PID" || bad "ringmqd did not exit 0 on SIGTERM"
-BROKER_PID=
+broker_stop || bad "ringmqd did not exit 0 on SIGTERM"
 
 if [ "$errors" -ne 0 ]; then
 	echo "ops_docs.sh: $errors problems" >&2

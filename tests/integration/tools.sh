@@ -3,6 +3,8 @@
 set -euo pipefail
 
 BUILD=$(cd "${1:?usage: tools.sh BUILD}" && pwd)
+# shellcheck source=tests/integration/lib/broker.sh
+. "$(dirname "$0")/lib/broker.sh"
 MQADM=$BUILD/bin/mqadm
 MQCAT=$BUILD/bin/mqcat
 RINGMQD=$BUILD/bin/ringmqd
@@ -14,13 +16,9 @@ command -v python3 >/dev/null || { echo "tools.sh: python3 is needed to check JS
 PY=$(python3 -c 'import sys; print(sys.executable)')
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/ringmq-tools.XXXXXX")
-BROKER_PID=
 # Stops only the broker this script started, and removes its files.
 cleanup() {
-	if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
-		kill -TERM "$BROKER_PID"
-		wait "$BROKER_PID" || true
-	fi
+	broker_cleanup
 	rm -rf "$T"
 }
 trap cleanup EXIT
@@ -76,26 +74,7 @@ sys.exit(0 if eval(sys.argv[2]) else 1)' "$T/out" "$1" ||
 		fail "JSON check failed: $1; output: $(head -c 2000 "$T/out")"
 }
 
-start_broker() {
-	"$RINGMQD" --data-dir "$T/data" --listen 127.0.0.1:0 --http 127.0.0.1:0 2>"$T/broker.log" &
-	BROKER_PID=$!
-	ADDR=
-	for _ in $(seq 100); do
-		ADDR=$(sed -n 's/^ringmqd: ready on \([^ ]*\) (http .*/\1/p' "$T/broker.log")
-		[ -n "$ADDR" ] && return
-		kill -0 "$BROKER_PID" 2>/dev/null || fail "ringmqd exited: $(cat "$T/broker.log")"
-		sleep 0.1
-	done
-	fail "ringmqd printed no ready line within 10 s"
-}
-
-stop_broker() {
-	kill -TERM "$BROKER_PID"
-	wait "$BROKER_PID" || fail "ringmqd did not exit 0 on SIGTERM"
-	BROKER_PID=
-}
-
-start_broker
+broker_start 127.0.0.1:0 || fail "$BROKER_ERR"
 B=(-b "$ADDR")
 unset RINGMQ_BROKERS
 
@@ -391,7 +370,7 @@ want 1 "$MQCAT" "${B[@]}" -C -t orders -e
 err_is "mqcat: topic 'orders' does not exist"
 
 step "the broker is down"
-stop_broker
+broker_stop || fail "ringmqd did not exit 0 on SIGTERM"
 for cmd in "$MQADM ${B[*]} topic list" "$MQADM ${B[*]} --json broker status" \
 	"$MQCAT ${B[*]} -C -t fmt -e" "$MQCAT ${B[*]} -P -t fmt"; do
 	start=$SECONDS

@@ -2,6 +2,7 @@
 #include "tests/unit/tbroker.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -14,6 +15,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -205,11 +207,95 @@ long tb_rss_kib(const struct tbroker *b)
 	return kib;
 }
 
-/* ---- client ---- */
-
-int tc_connect(struct tclient *c, const char *hostport)
+int tb_fd_count(pid_t pid)
 {
-	memset(c, 0, sizeof(c[0]));
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+	DIR *d = opendir(path);
+	if (d == NULL)
+		return -1;
+	int n = 0;
+	for (struct dirent *e; (e = readdir(d)) != NULL;)
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n;
+}
+
+bool tb_alive(struct tbroker *b)
+{
+	int status;
+	if (b->pid <= 0)
+		return false;
+	if (waitpid(b->pid, &status, WNOHANG) == 0)
+		return true;
+	printf("# broker %d exited: %s %d\n", (int)b->pid,
+	       WIFSIGNALED(status) ? "signal" : "status",
+	       WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+	b->pid = 0;
+	return false;
+}
+
+/* Lines of the broker's log holding any of pats (NULL-terminated); the
+ * first `show` are printed. */
+static int log_scan(const struct tbroker *b, const char *const *pats, int show)
+{
+	FILE *f = fopen(b->log_path, "r");
+	if (f == NULL)
+		return 0;
+	char line[1024];
+	int n = 0;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		for (int i = 0; pats[i] != NULL; i++) {
+			if (strstr(line, pats[i]) != NULL) {
+				if (n++ < show)
+					printf("# broker log: %s", line);
+				break;
+			}
+		}
+	}
+	fclose(f);
+	return n;
+}
+
+int tb_log_count(const struct tbroker *b, const char *what, int show)
+{
+	const char *const pats[] = { what, NULL };
+	return log_scan(b, pats, show);
+}
+
+int tb_log_problems(const struct tbroker *b)
+{
+	static const char *const bad[] = { "AddressSanitizer", "LeakSanitizer", "runtime error:",
+					   "UndefinedBehaviorSanitizer", "Assertion", NULL };
+	return log_scan(b, bad, 20);
+}
+
+void tb_print_log_tail(const struct tbroker *b)
+{
+	enum { NLINES = 30, LINE = 512 };
+	FILE *f = fopen(b->log_path, "r");
+	if (f == NULL)
+		return;
+	char (*lines)[LINE] = malloc(NLINES * sizeof(*lines));
+	if (lines == NULL) {
+		fclose(f);
+		return;
+	}
+	int n = 0;
+	while (fgets(lines[n % NLINES], LINE, f) != NULL)
+		n++;
+	fclose(f);
+	printf("# broker log %s (last lines of %d):\n", b->log_path, n);
+	for (int i = n > NLINES ? n - NLINES : 0; i < n; i++)
+		printf("#   %s", lines[i % NLINES]);
+	free(lines);
+}
+
+/* ---- HTTP ---- */
+
+int tb_connect(const char *hostport, int rcvbuf, int timeout_s)
+{
 	char host[64];
 	const char *colon = strrchr(hostport, ':');
 	if (colon == NULL || (size_t)(colon - hostport) >= sizeof(host))
@@ -219,17 +305,125 @@ int tc_connect(struct tclient *c, const char *hostport)
 	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1)) };
 	if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
 		return -EINVAL;
-	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (c->fd < 0)
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
 		return -errno;
-	if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+	if (rcvbuf > 0)
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+	if (timeout_s > 0) {
+		struct timeval tv = { .tv_sec = timeout_s };
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	}
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
 		int err = -errno;
-		close(c->fd);
-		c->fd = -1;
+		close(fd);
 		return err;
 	}
 	int one = 1;
-	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return fd;
+}
+
+int tb_send_all(int fd, const void *p, size_t len)
+{
+	const uint8_t *b = p;
+	while (len > 0) {
+		ssize_t n = send(fd, b, len, MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		b += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int tb_http_get(const char *hostport, const char *path, char **body)
+{
+	*body = NULL;
+	/* No test may hang on a send the broker never drains. */
+	int fd = tb_connect(hostport, 0, 5);
+	if (fd < 0) {
+		printf("# connect to %s failed: %s\n", hostport, strerror(-fd));
+		return -1;
+	}
+	char req[256];
+	int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, hostport);
+	size_t len = 0, cap = 1 << 16;
+	char *buf = malloc(cap + 1);
+	if (buf == NULL || tb_send_all(fd, req, (size_t)n) != 0) {
+		close(fd);
+		free(buf);
+		return -1;
+	}
+	int64_t deadline = mono_ms() + 5000;
+	while (mono_ms() < deadline) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		if (len == cap) {
+			char *nb = realloc(buf, cap * 2 + 1);
+			if (nb == NULL)
+				break;
+			buf = nb;
+			cap *= 2;
+		}
+		ssize_t k = recv(fd, buf + len, cap - len, 0);
+		if (k <= 0)
+			break; /* Connection: close ends every response */
+		len += (size_t)k;
+	}
+	close(fd);
+	buf[len] = '\0';
+	int status = -1;
+	char *end = strstr(buf, "\r\n\r\n");
+	if (sscanf(buf, "HTTP/1.%*c %d", &status) != 1 || end == NULL) {
+		free(buf);
+		return -1;
+	}
+	memmove(buf, end + 4, len - (size_t)(end + 4 - buf) + 1);
+	*body = buf;
+	return status;
+}
+
+int64_t tb_metric(const struct tbroker *b, const char *name)
+{
+	char *body;
+	int st = tb_http_get(b->http, "/metrics", &body);
+	int64_t v = -1;
+	size_t n = strlen(name);
+	for (char *line = st == 200 ? body : NULL; line != NULL && *line != '\0';) {
+		if (strncmp(line, name, n) == 0 && line[n] == ' ')
+			v = strtoll(line + n + 1, NULL, 10);
+		line = strchr(line, '\n');
+		if (line != NULL)
+			line++;
+	}
+	free(body);
+	return v;
+}
+
+int tb_health(const struct tbroker *b)
+{
+	char *body;
+	int st = tb_http_get(b->http, "/health", &body);
+	free(body);
+	return st;
+}
+
+/* ---- client ---- */
+
+int tc_connect(struct tclient *c, const char *hostport)
+{
+	memset(c, 0, sizeof(c[0]));
+	c->fd = tb_connect(hostport, 0, 0);
+	if (c->fd < 0) {
+		int err = c->fd;
+		c->fd = -1;
+		return err;
+	}
 	c->arena_buf = malloc(1u << 20);
 	arena_init(&c->arena, c->arena_buf, 1u << 20);
 	c->next_corr = 1;

@@ -38,6 +38,36 @@ void tb_cleanup(struct tbroker *b);
 void tb_bin_path(char *out, size_t cap, const char *name);
 /* Resident set size of the broker in KiB (from /proc), or -1. */
 long tb_rss_kib(const struct tbroker *b);
+/* Descriptors open in process pid (from /proc/PID/fd), or -1. */
+int tb_fd_count(pid_t pid);
+/* True while the broker runs; false once it has exited (reaped here, its
+ * exit status or signal printed, b->pid set to 0) or was never started. */
+bool tb_alive(struct tbroker *b);
+/* Lines of the broker's log holding `what`; the first `show` are printed.
+ * Returns 0 if there is no log. */
+int tb_log_count(const struct tbroker *b, const char *what, int show);
+/* Lines of the broker's log reporting a sanitizer finding or a failed
+ * assertion; the first 20 are printed. Returns how many. */
+int tb_log_problems(const struct tbroker *b);
+/* Prints the last 30 lines of the broker's log (and how many it has). */
+void tb_print_log_tail(const struct tbroker *b);
+/* A blocking TCP connection to HOST:PORT (IPv4, with TCP_NODELAY), or -errno.
+ * rcvbuf > 0 shrinks its receive buffer (a client that does not read then
+ * stops the broker's sends after a few KiB); timeout_s > 0 bounds each send
+ * and receive (SO_SNDTIMEO, SO_RCVTIMEO). The caller closes it. */
+int tb_connect(const char *hostport, int rcvbuf, int timeout_s);
+/* Sends all len bytes on a blocking socket (retrying on EINTR, no SIGPIPE).
+ * Returns 0 or -errno (e.g. -EPIPE for a peer that closed first). */
+int tb_send_all(int fd, const void *p, size_t len);
+/* GETs path from an HTTP listener (HOST:PORT), waiting up to 5 s for the
+ * response. Returns the status code, or -1 (a failed connect is printed);
+ * *body gets the body (malloc'd, NUL-terminated, caller frees), or NULL. */
+int tb_http_get(const char *hostport, const char *path, char **body);
+/* The value of a metric on the broker's /metrics, named as printed (with
+ * its labels, e.g. "ringmq_requests_total{api=\"PRODUCE\"}"), or -1. */
+int64_t tb_metric(const struct tbroker *b, const char *name);
+/* The status code of the broker's /health, or -1. */
+int tb_health(const struct tbroker *b);
 
 struct tclient {
 	int fd;

@@ -392,19 +392,6 @@ static void test_commit_too_large(void **state)
 	free(cp);
 }
 
-static bool log_has(const struct tbroker *b, const char *needle)
-{
-	FILE *fp = fopen(b->log_path, "r");
-	if (fp == NULL)
-		return false;
-	char line[1024];
-	bool found = false;
-	while (!found && fgets(line, sizeof(line), fp))
-		found = strstr(line, needle) != NULL;
-	fclose(fp);
-	return found;
-}
-
 static uint64_t dir_bytes(const char *path)
 {
 	DIR *d = opendir(path);
@@ -452,7 +439,7 @@ static void test_compaction_keeps_acked_commits(void **state)
 		for (uint32_t i = 0; i < NP; i++)
 			assert_int_equal(r.commit_offsets.parts[i].err, 0);
 		acked = round;
-		compacted = log_has(&f->b, "offsets store: compacted");
+		compacted = tb_log_count(&f->b, "offsets store: compacted", 0) > 0;
 	}
 	printf("# compacted after %" PRIu64 " commits of %d partitions\n", acked, NP);
 	assert_true(compacted);

@@ -219,22 +219,6 @@ static int raw_connect(const char *hostport)
 	return raw_connect_buf(hostport, 0);
 }
 
-/* Sends everything; returns 0 or -errno (a broker that closed first is fine). */
-static int send_all(int fd, const void *p, size_t len)
-{
-	const uint8_t *b = p;
-	while (len > 0) {
-		ssize_t n = send(fd, b, len, MSG_NOSIGNAL);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		b += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 /* Waits up to timeout_ms for the broker to close fd, discarding what it
  * sends. Returns true once recv reports end of stream or a reset. */
 static bool wait_closed(int fd, int timeout_ms)
@@ -376,152 +360,15 @@ static size_t rx_pop(struct rx *r, struct proto_resp_hdr *h)
 
 /* ---- HTTP ---- */
 
-/* GET path from the broker's HTTP listener. Returns the status code, or -1;
- * *body (malloc'd, NUL-terminated) gets the body. */
-static int http_get(const char *hostport, const char *path, char **body)
-{
-	*body = NULL;
-	int fd = raw_connect(hostport);
-	char req[256];
-	int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, hostport);
-	if (send_all(fd, req, (size_t)n) != 0) {
-		close_fd(fd);
-		return -1;
-	}
-	size_t len = 0, cap = 1 << 16;
-	char *buf = malloc(cap + 1);
-	int64_t deadline = mono_ms() + 5000;
-	while (mono_ms() < deadline) {
-		struct pollfd p = { .fd = fd, .events = POLLIN };
-		if (poll(&p, 1, 100) <= 0)
-			continue;
-		if (len == cap) {
-			cap *= 2;
-			buf = realloc(buf, cap + 1);
-		}
-		ssize_t k = recv(fd, buf + len, cap - len, 0);
-		if (k <= 0)
-			break; /* Connection: close ends every response */
-		len += (size_t)k;
-	}
-	close_fd(fd);
-	buf[len] = '\0';
-	int status = -1;
-	char *end = strstr(buf, "\r\n\r\n");
-	if (sscanf(buf, "HTTP/1.%*c %d", &status) != 1 || end == NULL) {
-		free(buf);
-		return -1;
-	}
-	memmove(buf, end + 4, len - (size_t)(end + 4 - buf) + 1);
-	*body = buf;
-	return status;
-}
-
-/* The value of an unlabelled metric, or -1. */
-static int64_t metric(const struct tbroker *b, const char *name)
-{
-	char *body;
-	int st = http_get(b->http, "/metrics", &body);
-	int64_t v = -1;
-	size_t n = strlen(name);
-	for (char *line = st == 200 ? body : NULL; line != NULL && *line != '\0';) {
-		if (strncmp(line, name, n) == 0 && line[n] == ' ')
-			v = strtoll(line + n + 1, NULL, 10);
-		line = strchr(line, '\n');
-		if (line != NULL)
-			line++;
-	}
-	free(body);
-	return v;
-}
-
 /* Polls a metric until it equals want (connections come and go
  * asynchronously); returns the last value seen. */
 static int64_t wait_metric(const struct tbroker *b, const char *name, int64_t want,
 			   int timeout_ms)
 {
 	int64_t deadline = mono_ms() + timeout_ms, v;
-	while ((v = metric(b, name)) != want && mono_ms() < deadline)
+	while ((v = tb_metric(b, name)) != want && mono_ms() < deadline)
 		usleep(20000);
 	return v;
-}
-
-static int health(const struct tbroker *b)
-{
-	char *body;
-	int st = http_get(b->http, "/health", &body);
-	free(body);
-	return st;
-}
-
-/* ---- the broker process ---- */
-
-static int fd_count(pid_t pid)
-{
-	char path[64];
-	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
-	DIR *d = opendir(path);
-	if (d == NULL)
-		return -1;
-	int n = 0;
-	for (struct dirent *e; (e = readdir(d)) != NULL;)
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(d);
-	return n;
-}
-
-/* False once the broker has exited (reaped here, with its status printed). */
-static bool alive(struct tbroker *b)
-{
-	int status;
-	if (b->pid <= 0)
-		return false;
-	if (waitpid(b->pid, &status, WNOHANG) == 0)
-		return true;
-	printf("# broker %d exited: %s %d\n", (int)b->pid,
-	       WIFSIGNALED(status) ? "signal" : "status",
-	       WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
-	b->pid = 0;
-	return false;
-}
-
-/* Prints sanitizer reports and crashes from a broker's log; returns how many. */
-static int log_problems(const struct tbroker *b)
-{
-	static const char *const bad[] = { "AddressSanitizer", "LeakSanitizer", "runtime error:",
-					   "UndefinedBehaviorSanitizer", "Assertion", NULL };
-	FILE *f = fopen(b->log_path, "r");
-	if (f == NULL)
-		return 0;
-	char line[1024];
-	int n = 0;
-	while (fgets(line, sizeof(line), f) != NULL) {
-		for (int i = 0; bad[i] != NULL; i++) {
-			if (strstr(line, bad[i]) != NULL) {
-				if (n++ < 20)
-					printf("# broker log: %s", line);
-				break;
-			}
-		}
-	}
-	fclose(f);
-	return n;
-}
-
-static void print_log_tail(const struct tbroker *b)
-{
-	FILE *f = fopen(b->log_path, "r");
-	if (f == NULL)
-		return;
-	char lines[30][512];
-	int n = 0;
-	while (fgets(lines[n % 30], sizeof(lines[0]), f) != NULL)
-		n++;
-	fclose(f);
-	printf("# broker log %s (last lines):\n", b->log_path);
-	for (int i = n > 30 ? n - 30 : 0; i < n; i++)
-		printf("#   %s", lines[i % 30]);
 }
 
 /* ---- measurements ---- */
@@ -649,22 +496,22 @@ static int test_teardown(void **state)
 	if (S.own.pid > 0) {
 		/* A test that failed with its own broker running: stop it the
 		 * usual way, so that sanitizer reports reach its log. */
-		int rc = alive(&S.own) ? tb_stop(&S.own) : -1;
-		int problems = log_problems(&S.own);
+		int rc = tb_alive(&S.own) ? tb_stop(&S.own) : -1;
+		int problems = tb_log_problems(&S.own);
 		printf("# its own broker: exit %d, %d sanitizer reports\n", rc, problems);
-		print_log_tail(&S.own);
+		tb_print_log_tail(&S.own);
 		tb_cleanup(&S.own);
 		failed = false; /* the shared broker's log would say nothing about it */
 	}
 	if (S.b.pid <= 0)
 		return 0;
-	if (!alive(&S.b)) {
+	if (!tb_alive(&S.b)) {
 		printf("# the shared broker died\n");
-		print_log_tail(&S.b);
+		tb_print_log_tail(&S.b);
 		return -1;
 	}
 	if (failed) {
-		print_log_tail(&S.b);
+		tb_print_log_tail(&S.b);
 		/* The test may have left a response unread on the shared client. */
 		tc_close(&S.c);
 		if (tc_connect(&S.c, S.b.addr) != 0)
@@ -737,13 +584,13 @@ static void test_bad_requests(void **state)
 	}
 
 	/* Frames too short to hold a request header close their connection. */
-	int64_t bad0 = metric(&S.b, "ringmq_connections_closed_bad_total");
+	int64_t bad0 = tb_metric(&S.b, "ringmq_connections_closed_bad_total");
 	static const uint32_t sizes[] = { 0, 1, 4, 7 };
 	for (int i = 0; i < 4; i++) {
 		int fd = raw_connect(S.b.addr);
 		uint8_t s[12] = { 0 };
 		put32(s, sizes[i]);
-		send_all(fd, s, 4 + sizes[i]);
+		tb_send_all(fd, s, 4 + sizes[i]);
 		int64_t t0 = mono_us();
 		assert_true(wait_closed(fd, 2000));
 		printf("# size prefix %u: closed after %lld us\n", sizes[i],
@@ -754,10 +601,10 @@ static void test_bad_requests(void **state)
 	int fd = raw_connect(S.b.addr);
 	n = raw_frame(f, API_LIST_TOPICS, 0, 300, NULL, 0);
 	put32(f + n, 3);
-	assert_int_equal(send_all(fd, f, n + 7), 0);
+	assert_int_equal(tb_send_all(fd, f, n + 7), 0);
 	assert_true(wait_closed(fd, 2000));
 	close_fd(fd);
-	assert_int_equal(metric(&S.b, "ringmq_connections_closed_bad_total") - bad0, 5);
+	assert_int_equal(tb_metric(&S.b, "ringmq_connections_closed_bad_total") - bad0, 5);
 	metadata_rtt(c);
 	TEST_DONE();
 }
@@ -767,13 +614,13 @@ static void test_bad_requests(void **state)
 static void test_huge_length(void **state)
 {
 	(void)state;
-	int64_t bad0 = metric(&S.b, "ringmq_connections_closed_bad_total");
+	int64_t bad0 = tb_metric(&S.b, "ringmq_connections_closed_bad_total");
 	/* 4 GiB: must be refused before anything is allocated for it. */
 	int fd = raw_connect(S.b.addr);
 	uint8_t f[64];
 	memset(f, 0xFF, sizeof(f));
 	int64_t t0 = mono_us();
-	send_all(fd, f, 12);
+	tb_send_all(fd, f, 12);
 	assert_true(wait_closed(fd, 1000));
 	int64_t us = mono_us() - t0;
 	printf("# size prefix 0xFFFFFFFF: closed after %lld us\n", (long long)us);
@@ -782,7 +629,7 @@ static void test_huge_length(void **state)
 
 	/* Just the prefix, nothing after it. */
 	fd = raw_connect(S.b.addr);
-	send_all(fd, f, 4);
+	tb_send_all(fd, f, 4);
 	assert_true(wait_closed(fd, 1000));
 	close_fd(fd);
 
@@ -790,9 +637,9 @@ static void test_huge_length(void **state)
 	 * the rest of the frame. */
 	int over = raw_connect(S.b.addr), at = raw_connect(S.b.addr);
 	put32(f, MAX_FRAME - FRAME_SIZE_FIELD + 1);
-	send_all(over, f, 4);
+	tb_send_all(over, f, 4);
 	put32(f, MAX_FRAME - FRAME_SIZE_FIELD);
-	send_all(at, f, 4);
+	tb_send_all(at, f, 4);
 	assert_true(wait_closed(over, 1000));
 	assert_true(still_open(at, 200));
 
@@ -801,7 +648,7 @@ static void test_huge_length(void **state)
 	fd = raw_connect(S.b.addr);
 	size_t n = raw_frame(f, API_LIST_TOPICS, 0, 1, NULL, 0);
 	memset(f + n, 0xFF, 4);
-	send_all(fd, f, n + 4);
+	tb_send_all(fd, f, n + 4);
 	assert_true(wait_closed(fd, 1000));
 	close_fd(fd);
 
@@ -810,7 +657,7 @@ static void test_huge_length(void **state)
 	assert_true(still_open(at, 0));
 	close_fd(at);
 	close_fd(over);
-	assert_int_equal(metric(&S.b, "ringmq_connections_closed_bad_total") - bad0, 4);
+	assert_int_equal(tb_metric(&S.b, "ringmq_connections_closed_bad_total") - bad0, 4);
 	TEST_DONE();
 }
 
@@ -831,14 +678,14 @@ static void test_half_frame(void **state)
 	size_t len;
 	uint8_t *frame = hold(req_frame(API_METADATA, 4711, &req, &len));
 	int half = raw_connect(S.b.addr);
-	assert_int_equal(send_all(half, frame, len / 2), 0);
+	assert_int_equal(tb_send_all(half, frame, len / 2), 0);
 	/* Only two bytes of a size prefix. */
 	int two = raw_connect(S.b.addr);
-	assert_int_equal(send_all(two, frame, 2), 0);
+	assert_int_equal(tb_send_all(two, frame, 2), 0);
 	/* Eight connections each parking 3 of a claimed 4 MiB: memory the
 	 * broker must hold until the frame completes or its timeout. */
 	long rss0 = tb_rss_kib(&S.b);
-	int64_t in0 = metric(&S.b, "ringmq_network_bytes_in_total");
+	int64_t in0 = tb_metric(&S.b, "ringmq_network_bytes_in_total");
 	enum { NBIG = 8 };
 	int big[NBIG];
 	uint8_t *junk = hold(malloc(3 * MIB));
@@ -846,12 +693,12 @@ static void test_half_frame(void **state)
 	put32(junk, MAX_FRAME - FRAME_SIZE_FIELD);
 	for (int i = 0; i < NBIG; i++) {
 		big[i] = raw_connect(S.b.addr);
-		assert_int_equal(send_all(big[i], junk, 3 * MIB), 0);
+		assert_int_equal(tb_send_all(big[i], junk, 3 * MIB), 0);
 	}
 	drop(junk);
 	/* Taking in 24 MiB costs the loop some time; measure once it has. */
 	int64_t settle = mono_ms() + 5000;
-	while (metric(&S.b, "ringmq_network_bytes_in_total") - in0 < NBIG * 3 * MIB &&
+	while (tb_metric(&S.b, "ringmq_network_bytes_in_total") - in0 < NBIG * 3 * MIB &&
 	       mono_ms() < settle)
 		usleep(10000);
 	long rss1 = tb_rss_kib(&S.b);
@@ -872,7 +719,7 @@ static void test_half_frame(void **state)
 	assert_true(rss1 - rss0 < NBIG * 5 * 1024 + RSS_SLACK_KIB);
 
 	/* The rest of the frame arrives late: it is answered as if nothing happened. */
-	assert_int_equal(send_all(half, frame + len / 2, len - len / 2), 0);
+	assert_int_equal(tb_send_all(half, frame + len / 2, len - len / 2), 0);
 	struct rx *r = rx_new();
 	struct proto_resp_hdr h = { 0 };
 	int64_t deadline = mono_ms() + 5000;
@@ -1031,7 +878,7 @@ static void test_random_bytes(void **state)
 	uint64_t rng = tu_seed("test_random_bytes");
 	enum { NCONN = 96 };
 	struct rconn *rcs = hold(calloc(NCONN, sizeof(*rcs)));
-	int64_t bad0 = metric(&S.b, "ringmq_connections_closed_bad_total");
+	int64_t bad0 = tb_metric(&S.b, "ringmq_connections_closed_bad_total");
 	unsigned closes = 0;
 	for (unsigned i = 0; i < NCONN; i++) {
 		struct rconn *rc = &rcs[i];
@@ -1043,7 +890,7 @@ static void test_random_bytes(void **state)
 	}
 	/* All of it at once, so the broker juggles every connection together. */
 	for (unsigned i = 0; i < NCONN; i++) {
-		int ret = send_all(rcs[i].fd, rcs[i].tx, rcs[i].txlen);
+		int ret = tb_send_all(rcs[i].fd, rcs[i].tx, rcs[i].txlen);
 		assert_true(ret == 0 || (rcs[i].expect_close && (ret == -EPIPE ||
 								  ret == -ECONNRESET)));
 	}
@@ -1099,7 +946,7 @@ static void test_random_bytes(void **state)
 	       errs[ERR_UNSUPPORTED_API], errs[ERR_UNSUPPORTED_VERSION], errs[ERR_INVALID_REQUEST],
 	       answered - errs[ERR_UNSUPPORTED_API] - errs[ERR_UNSUPPORTED_VERSION] -
 		       errs[ERR_INVALID_REQUEST]);
-	assert_int_equal(metric(&S.b, "ringmq_connections_closed_bad_total") - bad0, closes);
+	assert_int_equal(tb_metric(&S.b, "ringmq_connections_closed_bad_total") - bad0, closes);
 	for (unsigned i = 0; i < NCONN; i++) {
 		close_fd(rcs[i].fd);
 		drop(rcs[i].tx);
@@ -1123,7 +970,7 @@ static void test_max_connections(void **state)
 	for (int i = 0; i < nfill; i++)
 		fill[i] = raw_connect(S.b.addr);
 	assert_int_equal(wait_metric(&S.b, "ringmq_connections", MAX_CONNS, 5000), MAX_CONNS);
-	int64_t refused0 = metric(&S.b, "ringmq_connections_refused_total");
+	int64_t refused0 = tb_metric(&S.b, "ringmq_connections_refused_total");
 
 	enum { NOVER = 20 };
 	int over[NOVER];
@@ -1137,7 +984,7 @@ static void test_max_connections(void **state)
 	}
 	printf("# %d connections past max.connections=%d: each closed within %lld us\n", NOVER,
 	       MAX_CONNS, (long long)worst);
-	int64_t refused = metric(&S.b, "ringmq_connections_refused_total") - refused0;
+	int64_t refused = tb_metric(&S.b, "ringmq_connections_refused_total") - refused0;
 	printf("# ringmq_connections_refused_total grew by %lld\n", (long long)refused);
 	assert_int_equal(refused, NOVER);
 	/* At the limit the broker still serves the connections it has. */
@@ -1194,7 +1041,7 @@ static unsigned flood(int fd, uint8_t *frame, size_t len, unsigned count)
 	if (off > 0) {
 		/* Finish the frame cut in half, or the stream would be garbage. */
 		set_nonblock(fd, false);
-		if (send_all(fd, frame + off, len - off) == 0)
+		if (tb_send_all(fd, frame + off, len - off) == 0)
 			sent++;
 	}
 	return sent;
@@ -1479,12 +1326,12 @@ static void test_pipelined_producer_small_frames(void **state)
 		memcpy(tx + i * flen, f, flen);
 		put32(tx + i * flen + 8, i + 1);
 	}
-	int64_t bad0 = metric(&S.own, "ringmq_connections_closed_bad_total");
+	int64_t bad0 = tb_metric(&S.own, "ringmq_connections_closed_bad_total");
 	int fd = raw_connect(S.own.addr);
 	bool *seen = hold(calloc(NPROD + 1, sizeof(bool)));
 	int64_t t0 = mono_ms();
 	unsigned got = pump(fd, tx, flen * NPROD, NPROD, 20000, check_produce, seen);
-	int64_t bad = metric(&S.own, "ringmq_connections_closed_bad_total") - bad0;
+	int64_t bad = tb_metric(&S.own, "ringmq_connections_closed_bad_total") - bad0;
 	printf("# pipelined producer, %zu-byte frames: %u of %u acknowledged in %lld ms; "
 	       "connections closed for bad input: %lld\n", flen, got, NPROD,
 	       (long long)(mono_ms() - t0), (long long)bad);
@@ -1497,7 +1344,7 @@ static void test_pipelined_producer_small_frames(void **state)
 	drop(batch);
 	other_client_close();
 	assert_int_equal(tb_stop(&S.own), 0);
-	assert_int_equal(log_problems(&S.own), 0);
+	assert_int_equal(tb_log_problems(&S.own), 0);
 	tb_cleanup(&S.own);
 	unlink(path);
 	TEST_DONE();
@@ -1530,7 +1377,7 @@ static void test_many_idle(void **state)
 	for (int i = 0; i < 10; i++) /* warm up */
 		metadata_rtt(c);
 
-	int fd0 = fd_count(b->pid);
+	int fd0 = tb_fd_count(b->pid);
 	long rss0 = tb_rss_kib(b);
 	struct lat md0 = { .n = 0 }, pf0 = { .n = 0 };
 	for (int i = 0; i < 100; i++) {
@@ -1548,7 +1395,7 @@ static void test_many_idle(void **state)
 	printf("# %d idle connections accepted in %lld ms (ringmq_connections %lld)\n", NIDLE,
 	       (long long)(mono_ms() - t0), (long long)conns);
 	assert_int_equal(conns, NIDLE + 1);
-	int fd1 = fd_count(b->pid);
+	int fd1 = tb_fd_count(b->pid);
 
 	struct lat md1 = { .n = 0 }, pf1 = { .n = 0 };
 	for (int i = 0; i < 100; i++) {
@@ -1566,22 +1413,22 @@ static void test_many_idle(void **state)
 
 	for (int i = 0; i < NIDLE; i++)
 		close_fd(idle[i]);
-	int fd2 = fd_count(b->pid);
+	int fd2 = tb_fd_count(b->pid);
 	int64_t deadline = mono_ms() + 5000;
 	while (fd2 > fd0 + 2 && mono_ms() < deadline) {
 		usleep(20000);
-		fd2 = fd_count(b->pid);
+		fd2 = tb_fd_count(b->pid);
 	}
 	printf("# open fds after they closed: %d (baseline %d)\n", fd2, fd0);
 	assert_true(fd2 <= fd0 + 2);
 	metadata_rtt(c);
-	assert_int_equal(health(b), 200);
+	assert_int_equal(tb_health(b), 200);
 	other_client_close();
 	drop(small);
 	int rc = tb_stop(b);
-	int problems = log_problems(b);
+	int problems = tb_log_problems(b);
 	if (rc != 0 || problems != 0)
-		print_log_tail(b);
+		tb_print_log_tail(b);
 	assert_int_equal(rc, 0);
 	assert_int_equal(problems, 0);
 	tb_cleanup(b);
@@ -1648,7 +1495,7 @@ static void test_fetch_memory_bound(void **state)
 	}
 	int fd = raw_connect_buf(S.own.addr, 65536);
 	int64_t t0 = mono_ms();
-	assert_int_equal(send_all(fd, tx, flen * MAX_INFLIGHT), 0);
+	assert_int_equal(tb_send_all(fd, tx, flen * MAX_INFLIGHT), 0);
 	drop(tx);
 	long peak = rss0;
 	while (mono_ms() - t0 < 1500) {
@@ -1665,7 +1512,7 @@ static void test_fetch_memory_bound(void **state)
 	drop(f);
 	other_client_close();
 	assert_int_equal(tb_stop(&S.own), 0);
-	assert_int_equal(log_problems(&S.own), 0);
+	assert_int_equal(tb_log_problems(&S.own), 0);
 	tb_cleanup(&S.own);
 	TEST_DONE();
 }
@@ -1691,7 +1538,7 @@ static void test_fetch_duplicate_partitions(void **state)
 	size_t flen;
 	uint8_t *f = hold(dup_fetch_frame("dup", COPIES, end, MIB, 10000, UINT32_MAX, &flen));
 	int fd = raw_connect(S.own.addr);
-	assert_int_equal(send_all(fd, f, flen), 0);
+	assert_int_equal(tb_send_all(fd, f, flen), 0);
 	drop(f);
 	/* Refusing it is fine too: then an error response comes back. */
 	struct rx *r = rx_new();
@@ -1725,7 +1572,7 @@ static void test_fetch_duplicate_partitions(void **state)
 	drop(small);
 	other_client_close();
 	assert_int_equal(tb_stop(&S.own), 0);
-	assert_int_equal(log_problems(&S.own), 0);
+	assert_int_equal(tb_log_problems(&S.own), 0);
 	tb_cleanup(&S.own);
 	TEST_DONE();
 }
@@ -1740,14 +1587,14 @@ static void test_http_slow_clients(void **state)
 {
 	(void)state;
 	enum { NSLOW = 64 };
-	assert_int_equal(health(&S.b), 200);
+	assert_int_equal(tb_health(&S.b), 200);
 	int slow[NSLOW];
 	for (int i = 0; i < NSLOW; i++) {
 		slow[i] = raw_connect(S.b.http);
-		assert_int_equal(send_all(slow[i], "GET /hea", 8), 0);
+		assert_int_equal(tb_send_all(slow[i], "GET /hea", 8), 0);
 	}
 	usleep(100000);
-	int during = health(&S.b);
+	int during = tb_health(&S.b);
 	printf("# /health with %d slow HTTP clients: %d\n", NSLOW, during);
 	/* The protocol port does not care. */
 	metadata_rtt(&S.c);
@@ -1755,7 +1602,7 @@ static void test_http_slow_clients(void **state)
 	int st = during;
 	while (st != 200 && mono_ms() - t0 < HTTP_TIMEOUT_MS + 3000) {
 		usleep(250000);
-		st = health(&S.b);
+		st = tb_health(&S.b);
 	}
 	printf("# /health answered %d after %lld ms more\n", st, (long long)(mono_ms() - t0));
 	assert_int_equal(st, 200);
@@ -1769,12 +1616,12 @@ static void test_http_slow_clients(void **state)
 static void test_still_healthy(void **state)
 {
 	(void)state;
-	assert_true(alive(&S.b));
-	assert_int_equal(health(&S.b), 200);
+	assert_true(tb_alive(&S.b));
+	assert_int_equal(tb_health(&S.b), 200);
 	metadata_rtt(&S.c);
 	printf("# shared broker after every attack: RSS %ld KiB, %d open fds, "
-	       "%lld connections closed for bad input\n", tb_rss_kib(&S.b), fd_count(S.b.pid),
-	       (long long)metric(&S.b, "ringmq_connections_closed_bad_total"));
+	       "%lld connections closed for bad input\n", tb_rss_kib(&S.b), tb_fd_count(S.b.pid),
+	       (long long)tb_metric(&S.b, "ringmq_connections_closed_bad_total"));
 	tc_close(&S.c);
 	/* A client that stopped reading must not keep the broker from stopping. */
 	int fd = raw_connect_buf(S.b.addr, 65536);
@@ -1788,9 +1635,9 @@ static void test_still_healthy(void **state)
 	printf("# SIGTERM with a stalled reader (%u fetches unread): exit %d after %lld ms\n",
 	       sent, rc, (long long)(mono_ms() - t0));
 	close_fd(fd);
-	int problems = log_problems(&S.b);
+	int problems = tb_log_problems(&S.b);
 	if (rc != 0 || problems != 0)
-		print_log_tail(&S.b);
+		tb_print_log_tail(&S.b);
 	assert_int_equal(rc, 0);
 	assert_int_equal(problems, 0);
 	/* It waited for the reader (shutdown.timeout.ms), but not for ever. */

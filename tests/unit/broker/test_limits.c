@@ -187,78 +187,6 @@ static int64_t cpu_ms(pid_t pid)
 	return (int64_t)(ut + st) * 1000 / sysconf(_SC_CLK_TCK);
 }
 
-static int fd_count(pid_t pid)
-{
-	char path[64];
-	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
-	DIR *d = opendir(path);
-	if (d == NULL)
-		return -1;
-	int n = 0;
-	for (struct dirent *e; (e = readdir(d)) != NULL;)
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(d);
-	return n;
-}
-
-/* False once the broker has exited (reaped here, with its status printed). */
-static bool alive(struct tbroker *b)
-{
-	int status;
-	if (b->pid <= 0)
-		return false;
-	if (waitpid(b->pid, &status, WNOHANG) == 0)
-		return true;
-	printf("# broker %d exited: %s %d\n", (int)b->pid,
-	       WIFSIGNALED(status) ? "signal" : "status",
-	       WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
-	b->pid = 0;
-	return false;
-}
-
-/* Lines of the broker's log holding `what`; the first `show` are printed. */
-static int log_count(const struct tbroker *b, const char *what, int show)
-{
-	FILE *f = fopen(b->log_path, "r");
-	if (f == NULL)
-		return 0;
-	char line[1024];
-	int n = 0;
-	while (fgets(line, sizeof(line), f) != NULL) {
-		if (strstr(line, what) != NULL && n++ < show)
-			printf("# broker log: %s", line);
-	}
-	fclose(f);
-	return n;
-}
-
-/* Sanitizer reports and crashes in the broker's log. */
-static int log_problems(const struct tbroker *b)
-{
-	static const char *const bad[] = { "AddressSanitizer", "LeakSanitizer", "runtime error:",
-					   "Assertion", NULL };
-	int n = 0;
-	for (int i = 0; bad[i] != NULL; i++)
-		n += log_count(b, bad[i], 10);
-	return n;
-}
-
-static void print_log_tail(const struct tbroker *b)
-{
-	FILE *f = fopen(b->log_path, "r");
-	if (f == NULL)
-		return;
-	static char lines[30][512];
-	int n = 0;
-	while (fgets(lines[n % 30], sizeof(lines[0]), f) != NULL)
-		n++;
-	fclose(f);
-	printf("# broker log %s (last lines of %d):\n", b->log_path, n);
-	for (int i = n > 30 ? n - 30 : 0; i < n; i++)
-		printf("#   %s", lines[i % 30]);
-}
-
 /* Prints the broker's descriptors open on files that no longer have a
  * name (their space is not freed while they are open); returns how many. */
 static int deleted_fds(pid_t pid, int show)
@@ -307,60 +235,6 @@ static void close_all_fds(void)
 {
 	while (S.nfds > 0)
 		close(S.fds[--S.nfds]);
-}
-
-static struct sockaddr_in parse_addr(const char *hostport)
-{
-	char host[64];
-	const char *colon = strrchr(hostport, ':');
-	struct sockaddr_in sa = { .sin_family = AF_INET };
-	if (colon == NULL || (size_t)(colon - hostport) >= sizeof(host))
-		return sa;
-	memcpy(host, hostport, (size_t)(colon - hostport));
-	host[colon - hostport] = '\0';
-	sa.sin_port = htons((uint16_t)atoi(colon + 1));
-	inet_pton(AF_INET, host, &sa.sin_addr);
-	return sa;
-}
-
-/* A blocking TCP connection (not tracked), or -errno. rcvbuf > 0 shrinks
- * its receive buffer, so a client that does not read stops the broker's
- * sends after a few KiB. */
-static int connect_to(const char *hostport, int rcvbuf)
-{
-	struct sockaddr_in sa = parse_addr(hostport);
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	if (rcvbuf > 0)
-		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-	/* No test may hang on a send or receive the broker never serves. */
-	struct timeval tv = { .tv_sec = 5 };
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-		int err = -errno;
-		close(fd);
-		return err;
-	}
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	return fd;
-}
-
-static int send_all(int fd, const void *p, size_t len)
-{
-	const uint8_t *b = p;
-	while (len > 0) {
-		ssize_t n = send(fd, b, len, MSG_NOSIGNAL);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		b += n;
-		len -= (size_t)n;
-	}
-	return 0;
 }
 
 /* A well-formed request frame (malloc'd). */
@@ -412,67 +286,6 @@ static int read_response(int fd, uint32_t *corr)
 		*corr = h.correlation_id;
 	free(f);
 	return ret;
-}
-
-/* ---- HTTP metrics ---- */
-
-static char *http_get(const char *hostport, const char *path)
-{
-	int fd = connect_to(hostport, 0);
-	if (fd < 0)
-		return NULL;
-	char req[256];
-	int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, hostport);
-	size_t len = 0, cap = 1 << 16;
-	char *buf = malloc(cap + 1);
-	if (buf == NULL || send_all(fd, req, (size_t)n) != 0) {
-		close(fd);
-		free(buf);
-		return NULL;
-	}
-	for (;;) {
-		if (len == cap) {
-			cap *= 2;
-			char *nb = realloc(buf, cap + 1);
-			if (nb == NULL)
-				break;
-			buf = nb;
-		}
-		ssize_t k = recv(fd, buf + len, cap - len, 0);
-		if (k <= 0)
-			break; /* Connection: close ends every response */
-		len += (size_t)k;
-	}
-	close(fd);
-	buf[len] = '\0';
-	return buf;
-}
-
-/* The value of a metric (with its labels, as printed), or -1. */
-static int64_t metric(const struct tbroker *b, const char *name)
-{
-	char *body = http_get(b->http, "/metrics");
-	int64_t v = -1;
-	size_t n = strlen(name);
-	for (char *line = body ? strstr(body, "\r\n\r\n") : NULL; line != NULL && *line != '\0';) {
-		if (strncmp(line, name, n) == 0 && line[n] == ' ')
-			v = strtoll(line + n + 1, NULL, 10);
-		line = strchr(line, '\n');
-		if (line != NULL)
-			line++;
-	}
-	free(body);
-	return v;
-}
-
-static int health(const struct tbroker *b)
-{
-	char *body = http_get(b->http, "/health");
-	int st = -1;
-	if (body == NULL || sscanf(body, "HTTP/1.%*c %d", &st) != 1)
-		st = -1;
-	free(body);
-	return st;
 }
 
 /* ---- latency ---- */
@@ -705,12 +518,12 @@ static int teardown(void **state)
 	S.c_open = false;
 	if (S.b.pid > 0) {
 		/* Stopped the usual way, so that sanitizer reports reach its log. */
-		int rc = alive(&S.b) ? tb_stop(&S.b) : -1;
+		int rc = tb_alive(&S.b) ? tb_stop(&S.b) : -1;
 		if (failed)
 			printf("# the failed test's broker: exit %d\n", rc);
 	}
 	if (failed && S.b.log_path[0] != '\0')
-		print_log_tail(&S.b);
+		tb_print_log_tail(&S.b);
 	tb_cleanup(&S.b); /* the dir is not its own: removed below */
 	if (S.mounted) {
 		/* Always unmounted, even after a failure; a busy mount is
@@ -1112,13 +925,13 @@ static void test_disk_full(void **state)
 	S.prod = ringmq_producer_new(pcfg, msg, sizeof(msg));
 	ringmq_config_free(pcfg);
 	assert_non_null(S.prod);
-	int64_t produce_req0 = metric(&S.b, "ringmq_requests_total{api=\"PRODUCE\"}");
+	int64_t produce_req0 = tb_metric(&S.b, "ringmq_requests_total{api=\"PRODUCE\"}");
 	int64_t cpu0 = cpu_ms(S.b.pid);
 	int64_t t0 = mono_ms();
 	uint32_t next = 0;
 	uint64_t failed = produce_rounds(S.prod, t, "data", &next, FULL_MSGS, 500, 40000);
 	int64_t fill_ms = mono_ms() - t0;
-	int64_t produce_reqs = metric(&S.b, "ringmq_requests_total{api=\"PRODUCE\"}") - produce_req0;
+	int64_t produce_reqs = tb_metric(&S.b, "ringmq_requests_total{api=\"PRODUCE\"}") - produce_req0;
 	int64_t cpu = cpu_ms(S.b.pid) - cpu0;
 	dtrack_print(t, "producer filling the disk");
 	uint32_t acked1 = 0;
@@ -1164,8 +977,8 @@ static void test_disk_full(void **state)
 	assert_non_null(strstr(msg, "No space left on device"));
 
 	/* The broker is up and answers everything but writes. */
-	assert_true(alive(&S.b));
-	assert_int_equal(health(&S.b), 200);
+	assert_true(tb_alive(&S.b));
+	assert_int_equal(tb_health(&S.b), 200);
 	int64_t md = metadata_rtt();
 	struct ringmq_topic_info *info = NULL;
 	assert_int_equal(ringmq_topic_describe(S.admin, "data", &info, msg, sizeof(msg)), 0);
@@ -1212,7 +1025,7 @@ static void test_disk_full(void **state)
 		       gf2);
 		CHECK(gf2 == -1, "filler2 was deleted but group gf2 kept its offset %" PRId64
 		      " there, and the new filler2 inherits it", gf2);
-		log_count(&S.b, "group offsets", 3);
+		tb_log_count(&S.b, "group offsets", 3);
 	} else {
 		CHECK(err == RINGMQ_ERR_DISK_FULL, "deleting filler2 failed with %s",
 		      ringmq_strerror(err));
@@ -1255,7 +1068,7 @@ static void test_disk_full(void **state)
 		printf("# after 5 s the tmpfs has %" PRIu64 " KiB free; the broker holds %d deleted "
 		       "files open\n", fs_free_bytes(S.mnt) / KIB, deleted_fds(S.b.pid, 20));
 	assert_true(fs_free_bytes(S.mnt) >= 12u * MIB);
-	log_count(&S.b, "group offsets", 3);
+	tb_log_count(&S.b, "group offsets", 3);
 	/* The deletion dropped the group offsets of the topic, as documented:
 	 * a topic made again under the name does not inherit them. */
 	create_topic("filler", never);
@@ -1315,10 +1128,10 @@ static void test_disk_full(void **state)
 	snprintf(dir, sizeof(dir), "%s/data/0", S.data_dir);
 	assert_int_equal(mqdump_verify(dir), 0);
 
-	int nospc = log_count(&S.b, "No space left", 3);
+	int nospc = tb_log_count(&S.b, "No space left", 3);
 	printf("# broker log: %d lines about the full disk, %ld bytes in all\n", nospc,
 	       file_size(S.b.log_path));
-	assert_int_equal(log_problems(&S.b), 0);
+	assert_int_equal(tb_log_problems(&S.b), 0);
 	/* One line per failed write is fine; one per retry of a producer
 	 * that retries without a pause would flood the log. */
 	CHECK(nospc < 500, "%d log lines about the full disk in a few seconds", nospc);
@@ -1445,7 +1258,7 @@ static void test_disk_full_sequence(void **state)
 	CHECK(ea2 == ERR_NONE, "A's retry was refused: %s", proto_err_name((uint16_t)ea2));
 	CHECK(strcmp(order, "A0 A B") == 0, "the log holds \"%s\", not \"A0 A B\"", order);
 	assert_int_equal(stop_broker(), 0);
-	assert_int_equal(log_problems(&S.b), 0);
+	assert_int_equal(tb_log_problems(&S.b), 0);
 	CHECKS_DONE();
 	TEST_DONE();
 }
@@ -1615,10 +1428,10 @@ static void test_slow_consumers(void **state)
 	for (uint32_t i = 0; i < 64; i++)
 		memcpy(tx + i * flen, ff, flen);
 	free(ff);
-	int raw = connect_to(S.b.addr, 65536);
+	int raw = tb_connect(S.b.addr, 65536, 5);
 	assert_true(raw >= 0);
 	track_fd(raw);
-	assert_int_equal(send_all(raw, tx, flen * 64), 0);
+	assert_int_equal(tb_send_all(raw, tx, flen * 64), 0);
 	free(tx);
 
 	start_thread(writer_main, w);
@@ -1689,7 +1502,7 @@ static void test_slow_consumers(void **state)
 	lat_free(&quiet);
 	lat_free(&busy);
 	assert_int_equal(stop_broker(), 0);
-	assert_int_equal(log_problems(&S.b), 0);
+	assert_int_equal(tb_log_problems(&S.b), 0);
 	CHECKS_DONE();
 	TEST_DONE();
 }
@@ -1808,7 +1621,7 @@ static void *consumer_probe(void *arg)
 
 static int64_t conn_metric(void)
 {
-	return metric(&S.b, "ringmq_connections");
+	return tb_metric(&S.b, "ringmq_connections");
 }
 
 /* Raises this process's descriptor limit to at least `want` (the broker,
@@ -1851,14 +1664,14 @@ static void test_connection_storm(void **state)
 	start_thread(consumer_probe, cons);
 	sleep_ms(2000);
 	int64_t conns0 = conn_metric();
-	int fd0 = fd_count(S.b.pid);
+	int fd0 = tb_fd_count(S.b.pid);
 	long rss0 = proc_kib(S.b.pid, "VmRSS");
 	reset_peak_rss(S.b.pid);
 
 	/* Hold the idle ones. */
 	int64_t t0 = mono_ms();
 	for (int i = 0; i < STORM_IDLE; i++) {
-		int fd = connect_to(S.b.addr, 0);
+		int fd = tb_connect(S.b.addr, 0, 5);
 		if (fd < 0)
 			fail_msg("idle connection %d: %s", i, strerror(-fd));
 		track_fd(fd);
@@ -1867,7 +1680,7 @@ static void test_connection_storm(void **state)
 	while (conn_metric() < conns0 + STORM_IDLE && mono_ms() < deadline)
 		sleep_ms(20);
 	int64_t conns_idle = conn_metric();
-	int fd_idle = fd_count(S.b.pid);
+	int fd_idle = tb_fd_count(S.b.pid);
 	printf("# %d idle connections held after %" PRId64 " ms: ringmq_connections %" PRId64
 	       " -> %" PRId64 ", broker fds %d -> %d\n", STORM_IDLE, mono_ms() - t0, conns0,
 	       conns_idle, fd0, fd_idle);
@@ -1886,7 +1699,7 @@ static void test_connection_storm(void **state)
 	for (int batch = 0; opened + refused < STORM_CYCLE && mono_ms() - t0 < 40000; batch++) {
 		int fds[STORM_BATCH], n = 0;
 		for (int i = 0; i < STORM_BATCH; i++) {
-			int fd = connect_to(S.b.addr, 0);
+			int fd = tb_connect(S.b.addr, 0, 5);
 			if (fd < 0) {
 				if (refused++ == 0)
 					snprintf(first_refusal, sizeof(first_refusal), "%s",
@@ -1899,7 +1712,7 @@ static void test_connection_storm(void **state)
 		for (int i = 0; i < n; i += 10) {
 			asked++;
 			uint32_t corr = 0;
-			if (send_all(fds[i], mframe, mlen) == 0 && read_response(fds[i], &corr) == 0 &&
+			if (tb_send_all(fds[i], mframe, mlen) == 0 && read_response(fds[i], &corr) == 0 &&
 			    corr == 7)
 				answered++;
 		}
@@ -1911,7 +1724,7 @@ static void test_connection_storm(void **state)
 			close(fds[i]);
 		}
 		if (batch % 10 == 0) {
-			int fdn = fd_count(S.b.pid);
+			int fdn = tb_fd_count(S.b.pid);
 			fd_peak = fdn > fd_peak ? fdn : fd_peak;
 		}
 	}
@@ -1922,7 +1735,7 @@ static void test_connection_storm(void **state)
 	/* The idle ones are still there and served. */
 	metadata_rtt();
 	uint32_t corr = 0;
-	assert_int_equal(send_all(S.fds[S.nfds / 2], mframe, mlen), 0);
+	assert_int_equal(tb_send_all(S.fds[S.nfds / 2], mframe, mlen), 0);
 	assert_int_equal(read_response(S.fds[S.nfds / 2], &corr), 0);
 	assert_int_equal(corr, 7);
 	free(mframe);
@@ -1931,11 +1744,11 @@ static void test_connection_storm(void **state)
 	atomic_store(&phase, PH_AFTER);
 	close_all_fds();
 	int64_t conns1 = conn_metric();
-	int fd1 = fd_count(S.b.pid);
+	int fd1 = tb_fd_count(S.b.pid);
 	deadline = mono_ms() + 10000;
 	while ((fd1 > fd0 + 2 || conns1 != conns0) && mono_ms() < deadline) {
 		sleep_ms(50);
-		fd1 = fd_count(S.b.pid);
+		fd1 = tb_fd_count(S.b.pid);
 		conns1 = conn_metric();
 	}
 	sleep_ms(1000);
@@ -1980,9 +1793,9 @@ static void test_connection_storm(void **state)
 	}
 	free(prod);
 	free(cons);
-	assert_int_equal(health(&S.b), 200);
+	assert_int_equal(tb_health(&S.b), 200);
 	assert_int_equal(stop_broker(), 0);
-	assert_int_equal(log_problems(&S.b), 0);
+	assert_int_equal(tb_log_problems(&S.b), 0);
 	CHECKS_DONE();
 	TEST_DONE();
 }
@@ -2006,22 +1819,22 @@ static void test_connection_storm_past_fd_limit(void **state)
 	make_data_dir(16, true);
 	start_broker_nofile("shutdown.timeout.ms = 3000\n", EMFILE_LIMIT);
 	create_topic("lat", NULL);
-	int fd0 = fd_count(S.b.pid);
+	int fd0 = tb_fd_count(S.b.pid);
 	long log0 = file_size(S.b.log_path);
 	int64_t cpu0 = cpu_ms(S.b.pid), t0 = mono_ms();
 	/* The kernel completes the handshakes the broker does not accept: the
 	 * listen queue holds 1024. */
 	for (int i = 0; i < EMFILE_CONNS; i++) {
-		int fd = connect_to(S.b.addr, 0);
+		int fd = tb_connect(S.b.addr, 0, 5);
 		if (fd < 0)
 			fail_msg("connection %d: %s", i, strerror(-fd));
 		track_fd(fd);
 	}
 	sleep_ms(2000);
 	int64_t cpu = cpu_ms(S.b.pid) - cpu0, ms = mono_ms() - t0;
-	int fd1 = fd_count(S.b.pid);
+	int fd1 = tb_fd_count(S.b.pid);
 	long log_growth = file_size(S.b.log_path) - log0;
-	int accept_lines = log_count(&S.b, "accept failed", 2);
+	int accept_lines = tb_log_count(&S.b, "accept failed", 2);
 	/* The connections it had are served meanwhile. */
 	int64_t md = metadata_rtt();
 	printf("# %d connections against %d descriptors: broker fds %d -> %d; over %" PRId64
@@ -2045,7 +1858,7 @@ static void test_connection_storm_past_fd_limit(void **state)
 	t0 = mono_ms();
 	for (int i = 0; i < S.nfds; i++) {
 		uint32_t corr = 0;
-		if (send_all(S.fds[i], mframe, mlen) == 0 && read_response(S.fds[i], &corr) == 0 &&
+		if (tb_send_all(S.fds[i], mframe, mlen) == 0 && read_response(S.fds[i], &corr) == 0 &&
 		    corr == 9)
 			served++;
 	}
@@ -2054,13 +1867,13 @@ static void test_connection_storm_past_fd_limit(void **state)
 	       " ms\n", served, S.nfds, mono_ms() - t0);
 	close_all_fds();
 	assert_int_equal(served, keep);
-	assert_true(alive(&S.b));
+	assert_true(tb_alive(&S.b));
 	CHECK(cpu < ms / 4, "the broker used %" PRId64 " ms of CPU in %" PRId64 " ms while idle "
 	      "but out of descriptors: it spins on accept", cpu, ms);
 	CHECK(log_growth < 64 * 1024, "the broker wrote %ld bytes of log (%d lines about accept) "
 	      "in %" PRId64 " ms", log_growth, accept_lines, ms);
 	assert_int_equal(stop_broker(), 0);
-	assert_int_equal(log_problems(&S.b), 0);
+	assert_int_equal(tb_log_problems(&S.b), 0);
 	CHECKS_DONE();
 	TEST_DONE();
 }
