@@ -103,6 +103,12 @@ struct ppart {
 	int64_t retry_at;
 	int backoff_ms;
 	int last_err;                    /* that error, until a batch is stored */
+	/* The last DISK_FULL or STORAGE answer for the partition, and when: a
+	 * batch that runs out of delivery.timeout.ms after one reports it,
+	 * whatever its own last attempt got (OUT_OF_ORDER_SEQUENCE behind a
+	 * batch that failed, no answer at all): the operator's cause. */
+	int storage_err;
+	int64_t storage_err_ms;
 };
 
 struct ptopic {
@@ -1066,6 +1072,18 @@ static void rebase_partition(struct ppart *pp)
 	resend_partition(pp);
 }
 
+/* What a batch that ran out of delivery.timeout.ms reports when its last
+ * attempt got `err` (0: none was answered): a storage error seen on its
+ * partition during its life, else err if that is one, else a time-out. */
+static int expiry_err(const struct ppart *pp, const struct pbatch *b, int err)
+{
+	if (err == RINGMQ_ERR_DISK_FULL || err == RINGMQ_ERR_STORAGE)
+		return err;
+	if (pp->storage_err != 0 && pp->storage_err_ms >= b->created_ms)
+		return pp->storage_err;
+	return RINGMQ_ERR_TIMEOUT;
+}
+
 /* While no broker can be reached, batches older than delivery.timeout.ms
  * fail (none is in flight then). Caller holds mu. */
 static void expire_unsent(struct ringmq_producer *p, int64_t now, struct report **reps,
@@ -1083,7 +1101,7 @@ static void expire_unsent(struct ringmq_producer *p, int64_t now, struct report 
 					*cap = *cap ? *cap * 2 : 16;
 					*reps = realloc(*reps, *cap * sizeof(**reps));
 				}
-				(*reps)[(*nrep)++] = (struct report){ b, RINGMQ_ERR_TIMEOUT, -1 };
+				(*reps)[(*nrep)++] = (struct report){ b, expiry_err(pp, b, 0), -1 };
 			}
 		}
 	}
@@ -1129,6 +1147,10 @@ static void on_produce(struct ringmq_producer *p, struct preq *rq, const struct 
 		struct ppart *pp = &b->topic->parts[b->partition];
 		int64_t now = rc_now_ms();
 		bool expired = now - b->created_ms > p->cfg.delivery_timeout_ms;
+		if (err == RINGMQ_ERR_DISK_FULL || err == RINGMQ_ERR_STORAGE) {
+			pp->storage_err = err;
+			pp->storage_err_ms = now;
+		}
 		char reason[320] = "";
 		if (err == RINGMQ_ERR_BATCH_TOO_LARGE && !expired &&
 		    too_large(p, b, rq->items[i].packed, rp ? rp->msg : (struct pstr){ 0 }, reason,
@@ -1175,11 +1197,9 @@ static void on_produce(struct ringmq_producer *p, struct preq *rq, const struct 
 			 * answer. An out-of-sequence answer then comes from the
 			 * retries, not the cause; a packed batch's error may be
 			 * another batch's. */
-			int why = err == RINGMQ_ERR_OUT_OF_ORDER_SEQUENCE ? pp->last_err : err;
-			if (why == RINGMQ_ERR_DISK_FULL || why == RINGMQ_ERR_STORAGE)
+			int why = expiry_err(pp, b, err == RINGMQ_ERR_OUT_OF_ORDER_SEQUENCE ? pp->last_err : err);
+			if (why != RINGMQ_ERR_TIMEOUT || err != RINGMQ_ERR_OUT_OF_ORDER_SEQUENCE)
 				err = why;
-			else if (err != RINGMQ_ERR_OUT_OF_ORDER_SEQUENCE)
-				err = RINGMQ_ERR_TIMEOUT;
 		}
 		if (err == 0) {
 			pp->backoff_ms = 0;
