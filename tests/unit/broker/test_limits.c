@@ -855,6 +855,32 @@ static int mqdump_verify(const char *dir)
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+/* Prints a partition directory's files and sizes: evidence for a failure
+ * seen after a restart (was the file there, and how big, before it?). */
+static void list_dir(const char *dir)
+{
+	DIR *d = opendir(dir);
+	if (d == NULL) {
+		printf("# %s: %s\n", dir, strerror(errno));
+		return;
+	}
+	char line[1024] = "";
+	size_t len = 0;
+	for (struct dirent *e; (e = readdir(d)) != NULL;) {
+		if (e->d_name[0] == '.' || strstr(e->d_name, ".log") == NULL)
+			continue;
+		char path[1400];
+		struct stat st;
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		long size = stat(path, &st) == 0 ? (long)st.st_size : -1;
+		int n = snprintf(line + len, sizeof(line) - len, " %.20s:%ld", e->d_name, size);
+		if (n > 0 && (size_t)n < sizeof(line) - len)
+			len += (size_t)n;
+	}
+	closedir(d);
+	printf("# %s:%s\n", dir, line);
+}
+
 /* ---- 1. the disk fills up ---- */
 
 #define FULL_FS_MIB 48
@@ -1112,6 +1138,12 @@ static void test_disk_full(void **state)
 	int rc = stop_broker();
 	printf("# clean stop: exit %d\n", rc);
 	assert_int_equal(rc, 0);
+	/* (A rare loss of the newest segment across this restart is being
+	 * hunted: the files as the stop left them, and whether they verify.) */
+	char pdir[800];
+	snprintf(pdir, sizeof(pdir), "%s/data/0", S.data_dir);
+	list_dir(pdir);
+	CHECK(mqdump_verify(pdir) == 0, "data's files do not verify after the clean stop");
 	start_broker("shutdown.timeout.ms = 5000\n");
 	read_back("data", t, next);
 	assert_int_equal(committed("g", "data"), (int64_t)last_commit);
