@@ -21,6 +21,12 @@ struct tbroker {
 	char log_path[512]; /* everything it printed goes here too */
 };
 
+/* In an ASan build, makes the brokers this process starts (they inherit
+ * ASAN_OPTIONS) keep a 16 MiB quarantine of freed memory instead of 256 MiB,
+ * which would swamp the RSS bounds tests check. No-op otherwise. Call first
+ * in main(). */
+void tb_small_asan_quarantine(void);
+
 /* Starts ringmqd with a fresh data dir (or `dir` if not NULL, e.g. for a
  * restart) and extra arguments (NULL-terminated, may be NULL). Waits up to
  * 10 s for "ringmqd: ready on ...". Returns 0 or -1. */

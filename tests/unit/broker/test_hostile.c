@@ -1648,15 +1648,7 @@ static void test_still_healthy(void **state)
 
 int main(void)
 {
-#ifdef ASAN_BUILD
-	/* The brokers started here inherit this: ASan's default 256 MiB
-	 * quarantine of freed memory would swamp the RSS bounds checked here. */
-	const char *old = getenv("ASAN_OPTIONS");
-	char opts[1024];
-	snprintf(opts, sizeof(opts), "%s%squarantine_size_mb=16", old ? old : "",
-		 old && *old ? ":" : "");
-	setenv("ASAN_OPTIONS", opts, 1);
-#endif
+	tb_small_asan_quarantine();
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_bad_requests, test_setup, test_teardown),
 		cmocka_unit_test_setup_teardown(test_huge_length, test_setup, test_teardown),

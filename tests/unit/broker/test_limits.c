@@ -1914,15 +1914,7 @@ static void test_connection_storm_past_fd_limit(void **state)
 
 int main(void)
 {
-#ifdef ASAN_BUILD
-	/* The brokers started here inherit this: ASan's default 256 MiB
-	 * quarantine of freed memory would swamp the RSS bounds checked here. */
-	const char *old = getenv("ASAN_OPTIONS");
-	char opts[1024];
-	snprintf(opts, sizeof(opts), "%s%squarantine_size_mb=16", old ? old : "",
-		 old && *old ? ":" : "");
-	setenv("ASAN_OPTIONS", opts, 1);
-#endif
+	tb_small_asan_quarantine();
 	signal(SIGPIPE, SIG_IGN);
 	/* Our lines and cmocka's, in the order they happen, even into a pipe. */
 	setvbuf(stdout, NULL, _IOLBF, 0);
