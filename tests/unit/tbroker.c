@@ -41,13 +41,6 @@ void tb_small_asan_quarantine(void)
 #endif
 }
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 void tb_bin_path(char *out, size_t cap, const char *name)
 {
 	char self[1024];
@@ -104,8 +97,8 @@ static int start(struct tbroker *b, const char *dir, const char *const *extra, l
 	int logfd = open(b->log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
 	char buf[8192];
 	size_t len = 0;
-	int64_t deadline = mono_ms() + 10000;
-	while (mono_ms() < deadline) {
+	int64_t deadline = tu_mono_ms() + 10000;
+	while (tu_mono_ms() < deadline) {
 		struct pollfd p = { .fd = pfd[0], .events = POLLIN };
 		if (poll(&p, 1, 100) <= 0)
 			continue;
@@ -165,9 +158,9 @@ int tb_start_nofile(struct tbroker *b, const char *dir, const char *const *extra
 
 static int wait_exit(pid_t pid, int timeout_ms)
 {
-	int64_t deadline = mono_ms() + timeout_ms;
+	int64_t deadline = tu_mono_ms() + timeout_ms;
 	int status;
-	while (mono_ms() < deadline) {
+	while (tu_mono_ms() < deadline) {
 		pid_t r = waitpid(pid, &status, WNOHANG);
 		if (r == pid)
 			return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -377,8 +370,8 @@ int tb_http_get(const char *hostport, const char *path, char **body)
 		free(buf);
 		return -1;
 	}
-	int64_t deadline = mono_ms() + 5000;
-	while (mono_ms() < deadline) {
+	int64_t deadline = tu_mono_ms() + 5000;
+	while (tu_mono_ms() < deadline) {
 		struct pollfd p = { .fd = fd, .events = POLLIN };
 		if (poll(&p, 1, 100) <= 0)
 			continue;
@@ -495,7 +488,7 @@ int tc_send(struct tclient *c, uint16_t api, const union proto_request *req, uin
 static int read_full(int fd, uint8_t *p, size_t len, int64_t deadline)
 {
 	while (len > 0) {
-		int64_t left = deadline - mono_ms();
+		int64_t left = deadline - tu_mono_ms();
 		if (left <= 0)
 			return -ETIMEDOUT;
 		struct pollfd pf = { .fd = fd, .events = POLLIN };
@@ -521,7 +514,7 @@ static int read_full(int fd, uint8_t *p, size_t len, int64_t deadline)
 int tc_recv(struct tclient *c, uint16_t api, int timeout_ms, struct proto_resp_hdr *h,
 	    union proto_response *resp)
 {
-	int64_t deadline = mono_ms() + timeout_ms;
+	int64_t deadline = tu_mono_ms() + timeout_ms;
 	uint8_t sz[4];
 	int ret = read_full(c->fd, sz, 4, deadline);
 	if (ret != 0)

@@ -11,6 +11,25 @@
 #include <time.h>
 #include <unistd.h>
 
+int64_t tu_mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t tu_mono_ms(void)
+{
+	return tu_mono_us() / 1000;
+}
+
+void tu_sleep_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
 #include "storage/batch.h"
 
 char *tu_tmpdir(const char *tag)

@@ -10,6 +10,12 @@
 #include "common/ioq.h"
 #include "storage/log.h"
 
+/* CLOCK_MONOTONIC in microseconds and milliseconds, for deadlines and
+ * latencies; and a sleep that is not cut short by the test's own signals. */
+int64_t tu_mono_us(void);
+int64_t tu_mono_ms(void);
+void tu_sleep_ms(int ms);
+
 /* Makes a fresh directory under $TMPDIR (or /tmp). Caller frees the string
  * and removes the tree with tu_rmtree. Aborts on failure. */
 char *tu_tmpdir(const char *tag);

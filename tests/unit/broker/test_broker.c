@@ -43,13 +43,6 @@ static int teardown(void **state)
 	return 0;
 }
 
-static int64_t mono_us(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /* Checks that records (fetched bytes) hold batch b's records from `from`. */
 static uint32_t count_records(const uint8_t *p, uint32_t len, uint64_t from)
 {
@@ -196,10 +189,10 @@ static void test_long_poll_wakes(void **state)
 	assert_int_equal(tc_recv(&f->c, API_FETCH, 200, &h, &resp), -ETIMEDOUT);
 	uint32_t len;
 	uint8_t *b = tu_batch(1, 10, 1, 1, false, &len);
-	int64_t t0 = mono_us();
+	int64_t t0 = tu_mono_us();
 	assert_int_equal(tc_produce(&p, "lp", 0, PROTO_ACKS_ALL, b, len, NULL), 0);
 	assert_int_equal(tc_recv(&f->c, API_FETCH, 5000, &h, &resp), 0);
-	int64_t waited = mono_us() - t0;
+	int64_t waited = tu_mono_us() - t0;
 	assert_int_equal(h.correlation_id, corr);
 	assert_int_equal(count_records(resp.fetch.topics[0].parts[0].records.p,
 				       resp.fetch.topics[0].parts[0].records.len, 0), 1);
@@ -208,9 +201,9 @@ static void test_long_poll_wakes(void **state)
 	/* With nothing new, it times out after max_wait with no records. */
 	part.offset = 1;
 	req.fetch.max_wait_ms = 300;
-	t0 = mono_us();
+	t0 = tu_mono_us();
 	assert_int_equal(tc_call(&f->c, API_FETCH, &req, 5000, &h, &resp), 0);
-	assert_true(mono_us() - t0 >= 290000);
+	assert_true(tu_mono_us() - t0 >= 290000);
 	assert_int_equal(resp.fetch.topics[0].parts[0].records.len, 0);
 	free(b);
 	tc_close(&p);
@@ -304,9 +297,9 @@ static void test_acks_all_waits_for_fdatasync(void **state)
 	uint32_t len;
 	uint8_t *b = tu_batch(2, 10, 1, 1, false, &len);
 
-	int64_t t0 = mono_us();
+	int64_t t0 = tu_mono_us();
 	assert_int_equal(tc_produce(&f->c, "slow", 0, PROTO_ACKS_LEADER, b, len, NULL), 0);
-	int64_t acks1 = mono_us() - t0;
+	int64_t acks1 = tu_mono_us() - t0;
 	uint8_t *recs;
 	uint32_t rlen;
 	uint64_t end;
@@ -315,9 +308,9 @@ static void test_acks_all_waits_for_fdatasync(void **state)
 	assert_int_equal(rlen, 0);
 	free(recs);
 
-	t0 = mono_us();
+	t0 = tu_mono_us();
 	assert_int_equal(tc_produce(&f->c, "slow", 0, PROTO_ACKS_ALL, b, len, NULL), 0);
-	int64_t acksall = mono_us() - t0;
+	int64_t acksall = tu_mono_us() - t0;
 	printf("# acks=1 reply after %lld us, acks=all after %lld us (fdatasync delayed 300 ms)\n",
 	       (long long)acks1, (long long)acksall);
 	assert_true(acks1 < 250000);

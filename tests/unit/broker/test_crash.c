@@ -34,19 +34,6 @@
 #include "tests/unit/tbroker.h"
 #include "tests/unit/testutil.h"
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
-	nanosleep(&ts, NULL);
-}
-
 /* Restarts the broker on its data dir, with `conf` (a config file path) if
  * not NULL: on its old port if `same_port` (clients that know only that
  * address must find it again), else on a fresh one. The old port was free
@@ -60,7 +47,7 @@ static void restart(struct tbroker *b, const char *conf, bool same_port)
 	for (int tries = 0; tb_start(b, b->dir, extra) != 0; tries++) {
 		if (tries == 20)
 			fail_msg("the broker did not come back on %s", listen);
-		sleep_ms(100);
+		tu_sleep_ms(100);
 	}
 	if (same_port)
 		assert_string_equal(b->addr, listen);
@@ -171,7 +158,7 @@ static void *producer_main(void *arg)
 	struct cprod *cp = arg;
 	char v[VALUE_LEN];
 	for (uint32_t seq = 0; seq < MAX_MSGS; seq++) {
-		if (atomic_load(&loop.stop_producing) || mono_ms() > loop.deadline)
+		if (atomic_load(&loop.stop_producing) || tu_mono_ms() > loop.deadline)
 			break;
 		make_value(v, cp->id, seq);
 		atomic_store(&cp->attempted, seq + 1);
@@ -184,7 +171,7 @@ static void *producer_main(void *arg)
 			break;
 		}
 		if (seq % 8 == 7)
-			sleep_ms(2); /* a few thousand messages a second each */
+			tu_sleep_ms(2); /* a few thousand messages a second each */
 	}
 	return NULL;
 }
@@ -217,9 +204,9 @@ static void *consumer_main(void *arg)
 			ringmq_consumer_free(c);
 			return NULL;
 		}
-		sleep_ms(50);
+		tu_sleep_ms(50);
 	}
-	while (!atomic_load(&loop.stop_consuming) && mono_ms() < loop.deadline + 30000) {
+	while (!atomic_load(&loop.stop_consuming) && tu_mono_ms() < loop.deadline + 30000) {
 		struct ringmq_message m[256];
 		size_t n = 0;
 		int ret = ringmq_consumer_poll(c, 100, m, 256, &n, err, sizeof(err));
@@ -230,7 +217,7 @@ static void *consumer_main(void *arg)
 			cc->last_err = ret;
 			snprintf(cc->last_errstr, sizeof(cc->last_errstr), "%s", err);
 			if (ret != RINGMQ_ERR_TRANSPORT)
-				sleep_ms(10);
+				tu_sleep_ms(10);
 			continue;
 		}
 		for (size_t i = 0; i < n; i++) {
@@ -266,11 +253,11 @@ struct plog {
 static void read_partition(const char *addr, uint32_t part, uint64_t want_end, struct plog *pl)
 {
 	struct tclient c;
-	int64_t deadline = mono_ms() + 15000;
+	int64_t deadline = tu_mono_ms() + 15000;
 	while (tc_connect(&c, addr) != 0) {
-		if (mono_ms() > deadline)
+		if (tu_mono_ms() > deadline)
 			fail_msg("cannot connect to %s", addr);
-		sleep_ms(20);
+		tu_sleep_ms(20);
 	}
 	pl->n = 0;
 	uint64_t end = 0;
@@ -278,7 +265,7 @@ static void read_partition(const char *addr, uint32_t part, uint64_t want_end, s
 	for (int rounds = 0;; rounds++) {
 		if (!first && pl->n >= end && pl->n >= want_end)
 			break;
-		if (mono_ms() > deadline || rounds > 1000000)
+		if (tu_mono_ms() > deadline || rounds > 1000000)
 			fail_msg(TOPIC "[%u]: the log ends at %" PRIu64 ", but offsets up to %" PRIu64
 				 " were acknowledged (lost after a kill -9?)",
 				 part, pl->n, want_end);
@@ -294,7 +281,7 @@ static void read_partition(const char *addr, uint32_t part, uint64_t want_end, s
 		if (len == 0) {
 			free(rec);
 			if (pl->n >= end && pl->n < want_end)
-				sleep_ms(10); /* not visible yet */
+				tu_sleep_ms(10); /* not visible yet */
 			continue;
 		}
 		for (uint32_t pos = 0; pos < len;) {
@@ -444,7 +431,7 @@ static void check_commits(int64_t last[NPARTS], int64_t *advanced)
 			break;
 		ringmq_groups_free(gi, 1);
 		gi = NULL;
-		sleep_ms(20);
+		tu_sleep_ms(20);
 	}
 	if (ret == RINGMQ_ERR_UNKNOWN_GROUP) {
 		/* Nothing committed yet: then nothing was committed before. */
@@ -554,7 +541,7 @@ static void test_crash_loop(void **state)
 	const char *torture = getenv("RINGMQ_TORTURE");
 	int kills = torture && strcmp(torture, "1") == 0 ? 20 : 5;
 	uint64_t rng = tu_seed("test_crash_loop");
-	int64_t t0 = mono_ms();
+	int64_t t0 = tu_mono_ms();
 
 	struct tclient admin;
 	assert_int_equal(tc_connect(&admin, f->b.addr), 0);
@@ -596,21 +583,21 @@ static void test_crash_loop(void **state)
 	size_t ilen = 0;
 	struct check_counts cc;
 	int done = 0;
-	for (; done < kills && mono_ms() < loop.deadline - 5000; done++) {
+	for (; done < kills && tu_mono_ms() < loop.deadline - 5000; done++) {
 		/* A random moment: right after the restart (before the start-up
 		 * fdatasync, even) up to most of a second of traffic. */
 		int delay = (int)(tu_rand(&rng) % 700);
 		int down = (int)(tu_rand(&rng) % 100);
-		sleep_ms(delay);
+		tu_sleep_ms(delay);
 		tb_kill9(&f->b);
-		sleep_ms(down);
+		tu_sleep_ms(down);
 		ilen += (size_t)snprintf(injected + ilen, sizeof(injected) - ilen, "%s%d+%d",
 					 done ? ", " : "", delay, down);
 		if (ilen >= sizeof(injected))
 			ilen = sizeof(injected) - 1;
-		int64_t r0 = mono_ms();
+		int64_t r0 = tu_mono_ms();
 		restart(&f->b, NULL, true);
-		int64_t ready_ms = mono_ms() - r0;
+		int64_t ready_ms = tu_mono_ms() - r0;
 		check_log(&cc, false);
 		check_commits(committed, &commit_moves);
 		printf("# kill %d after %d ms (down %d ms): ready in %" PRId64 " ms; %" PRIu64
@@ -623,7 +610,7 @@ static void test_crash_loop(void **state)
 
 	/* The end: everything produced gets its report, then the group reads
 	 * to the end. */
-	sleep_ms(200);
+	tu_sleep_ms(200);
 	atomic_store(&loop.stop_producing, true);
 	for (unsigned i = 0; i < NPRODUCERS; i++) {
 		pthread_join(loop.prod[i].th, NULL);
@@ -637,9 +624,9 @@ static void test_crash_loop(void **state)
 		ringmq_producer_free(loop.prod[i].p);
 		loop.prod[i].p = NULL;
 	}
-	int64_t catch_deadline = mono_ms() + 30000;
-	while (!group_caught_up() && mono_ms() < catch_deadline)
-		sleep_ms(100);
+	int64_t catch_deadline = tu_mono_ms() + 30000;
+	while (!group_caught_up() && tu_mono_ms() < catch_deadline)
+		tu_sleep_ms(100);
 	bool caught_up = group_caught_up();
 	atomic_store(&loop.stop_consuming, true);
 	for (unsigned i = 0; i < NCONSUMERS; i++)
@@ -664,7 +651,7 @@ static void test_crash_loop(void **state)
 	       " poll errors across restarts), committed %" PRId64 "/%" PRId64 "/%" PRId64
 	       ", moving forward %" PRId64 " times; %.1f s\n",
 	       consumed, foreign, poll_errors, committed[0], committed[1], committed[2],
-	       commit_moves, (double)(mono_ms() - t0) / 1000.0);
+	       commit_moves, (double)(tu_mono_ms() - t0) / 1000.0);
 	fflush(stdout);
 	assert_int_equal(loop.double_reports, 0);
 	assert_int_equal(loop.report_errors, 0);
@@ -738,16 +725,16 @@ static int produce_retrying(struct tclient *c, const char *addr, const char *top
  * after a restart a flush=always tail shows after the first fdatasync). */
 static uint64_t visible_end(struct tclient *c, const char *topic, uint64_t want)
 {
-	int64_t deadline = mono_ms() + 5000;
+	int64_t deadline = tu_mono_ms() + 5000;
 	for (;;) {
 		uint64_t end = 0;
 		int ret = tc_fetch(c, topic, 0, 0, 64, 0, 0, NULL, NULL, &end);
 		if (ret != 0)
 			fail_msg("%s: fetch: error %d (end %" PRIu64 ", want %" PRIu64 ")", topic, ret,
 				 end, want);
-		if (end >= want || mono_ms() > deadline)
+		if (end >= want || tu_mono_ms() > deadline)
 			return end;
-		sleep_ms(5);
+		tu_sleep_ms(5);
 	}
 }
 
@@ -957,7 +944,7 @@ static void test_retry_after_kill9_is_deduplicated(void **state)
 		assert_int_equal(tc_send(&c, API_PRODUCE, &req, NULL), 0);
 		pipe_[i] = rb;
 	}
-	sleep_ms(300); /* written long since; the fdatasync waits 1.5 s */
+	tu_sleep_ms(300); /* written long since; the fdatasync waits 1.5 s */
 	struct proto_resp_hdr h;
 	assert_int_equal(tc_recv(&c, API_PRODUCE, 50, &h, NULL), -ETIMEDOUT); /* no reply yet */
 	tc_close(&c);

@@ -21,13 +21,6 @@
 #include "tests/unit/tbroker.h"
 #include "tests/unit/testutil.h"
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 struct member {
 	struct tclient c;
 	char id[64];
@@ -428,8 +421,8 @@ static void test_compaction_keeps_acked_commits(void **state)
 	union proto_request c = { .commit_offsets = { pstr_c(group), pstr_c(""), 0, NP, cp } };
 	uint64_t acked = 0;
 	bool compacted = false;
-	int64_t t0 = mono_ms();
-	for (uint64_t round = 1; round <= 400 && !compacted && mono_ms() - t0 < 60000; round++) {
+	int64_t t0 = tu_mono_ms();
+	for (uint64_t round = 1; round <= 400 && !compacted && tu_mono_ms() - t0 < 60000; round++) {
 		for (uint32_t i = 0; i < NP; i++)
 			cp[i] = (struct proto_commit_part){ pstr_c(topic), i, round * 10 + i % 7 };
 		struct proto_resp_hdr h;

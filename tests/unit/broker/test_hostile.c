@@ -78,18 +78,6 @@ static struct {
 
 /* ---- small helpers ---- */
 
-static int64_t mono_us(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static int64_t mono_ms(void)
-{
-	return mono_us() / 1000;
-}
-
 static void put16(uint8_t *p, uint16_t v)
 {
 	p[0] = (uint8_t)v;
@@ -223,10 +211,10 @@ static int raw_connect(const char *hostport)
  * sends. Returns true once recv reports end of stream or a reset. */
 static bool wait_closed(int fd, int timeout_ms)
 {
-	int64_t deadline = mono_ms() + timeout_ms;
+	int64_t deadline = tu_mono_ms() + timeout_ms;
 	uint8_t buf[65536];
 	for (;;) {
-		int64_t left = deadline - mono_ms();
+		int64_t left = deadline - tu_mono_ms();
 		if (left <= 0)
 			return false;
 		struct pollfd p = { .fd = fd, .events = POLLIN };
@@ -365,8 +353,8 @@ static size_t rx_pop(struct rx *r, struct proto_resp_hdr *h)
 static int64_t wait_metric(const struct tbroker *b, const char *name, int64_t want,
 			   int timeout_ms)
 {
-	int64_t deadline = mono_ms() + timeout_ms, v;
-	while ((v = tb_metric(b, name)) != want && mono_ms() < deadline)
+	int64_t deadline = tu_mono_ms() + timeout_ms, v;
+	while ((v = tb_metric(b, name)) != want && tu_mono_ms() < deadline)
 		usleep(20000);
 	return v;
 }
@@ -408,10 +396,10 @@ static int64_t metadata_rtt(struct tclient *c)
 	union proto_request req = { .metadata = { 0, NULL } };
 	struct proto_resp_hdr h;
 	union proto_response resp;
-	int64_t t0 = mono_us();
+	int64_t t0 = tu_mono_us();
 	assert_int_equal(tc_call(c, API_METADATA, &req, 5000, &h, &resp), 0);
 	assert_int_equal(h.err, ERR_NONE);
-	return mono_us() - t0;
+	return tu_mono_us() - t0;
 }
 
 /* One produce (acks=1) and the fetch of what it wrote: a consumer's view of
@@ -422,10 +410,10 @@ static int64_t produce_fetch_rtt(struct tclient *c, const char *topic, const uin
 	uint64_t base;
 	uint8_t *recs;
 	uint32_t rlen;
-	int64_t t0 = mono_us();
+	int64_t t0 = tu_mono_us();
 	assert_int_equal(tc_produce(c, topic, 0, PROTO_ACKS_LEADER, batch, len, &base), 0);
 	assert_int_equal(tc_fetch(c, topic, 0, base, 1 << 16, 0, 0, &recs, &rlen, NULL), 0);
-	int64_t us = mono_us() - t0;
+	int64_t us = tu_mono_us() - t0;
 	assert_true(rlen >= len);
 	free(recs);
 	return us;
@@ -591,10 +579,10 @@ static void test_bad_requests(void **state)
 		uint8_t s[12] = { 0 };
 		put32(s, sizes[i]);
 		tb_send_all(fd, s, 4 + sizes[i]);
-		int64_t t0 = mono_us();
+		int64_t t0 = tu_mono_us();
 		assert_true(wait_closed(fd, 2000));
 		printf("# size prefix %u: closed after %lld us\n", sizes[i],
-		       (long long)(mono_us() - t0));
+		       (long long)(tu_mono_us() - t0));
 		close_fd(fd);
 	}
 	/* The same after a good request on the same connection. */
@@ -619,10 +607,10 @@ static void test_huge_length(void **state)
 	int fd = raw_connect(S.b.addr);
 	uint8_t f[64];
 	memset(f, 0xFF, sizeof(f));
-	int64_t t0 = mono_us();
+	int64_t t0 = tu_mono_us();
 	tb_send_all(fd, f, 12);
 	assert_true(wait_closed(fd, 1000));
-	int64_t us = mono_us() - t0;
+	int64_t us = tu_mono_us() - t0;
 	printf("# size prefix 0xFFFFFFFF: closed after %lld us\n", (long long)us);
 	assert_true(us < 1000000);
 	close_fd(fd);
@@ -697,16 +685,16 @@ static void test_half_frame(void **state)
 	}
 	drop(junk);
 	/* Taking in 24 MiB costs the loop some time; measure once it has. */
-	int64_t settle = mono_ms() + 5000;
+	int64_t settle = tu_mono_ms() + 5000;
 	while (tb_metric(&S.b, "ringmq_network_bytes_in_total") - in0 < NBIG * 3 * MIB &&
-	       mono_ms() < settle)
+	       tu_mono_ms() < settle)
 		usleep(10000);
 	long rss1 = tb_rss_kib(&S.b);
 
 	/* While they hang there, a well-behaved client is served as usual. */
 	struct lat l = { .n = 0 };
-	int64_t end = mono_ms() + 500;
-	while (mono_ms() < end && l.n < 1000)
+	int64_t end = tu_mono_ms() + 500;
+	while (tu_mono_ms() < end && l.n < 1000)
 		lat_add(&l, metadata_rtt(&S.c));
 	printf("# %d connections holding 3 MiB partial frames: broker RSS %ld -> %ld KiB\n",
 	       NBIG, rss0, rss1);
@@ -722,8 +710,8 @@ static void test_half_frame(void **state)
 	assert_int_equal(tb_send_all(half, frame + len / 2, len - len / 2), 0);
 	struct rx *r = rx_new();
 	struct proto_resp_hdr h = { 0 };
-	int64_t deadline = mono_ms() + 5000;
-	while (rx_pop(r, &h) == 0 && !r->closed && mono_ms() < deadline) {
+	int64_t deadline = tu_mono_ms() + 5000;
+	while (rx_pop(r, &h) == 0 && !r->closed && tu_mono_ms() < deadline) {
 		struct pollfd p = { .fd = half, .events = POLLIN };
 		poll(&p, 1, 100);
 		rx_read(half, r);
@@ -895,7 +883,7 @@ static void test_random_bytes(void **state)
 								  ret == -ECONNRESET)));
 	}
 	unsigned errs[ERR_COUNT + 1] = { 0 };
-	int64_t deadline = mono_ms() + 5000;
+	int64_t deadline = tu_mono_ms() + 5000;
 	for (;;) {
 		struct pollfd pf[NCONN];
 		unsigned idx[NCONN], n = 0;
@@ -905,7 +893,7 @@ static void test_random_bytes(void **state)
 			pf[n] = (struct pollfd){ .fd = rcs[i].fd, .events = POLLIN };
 			idx[n++] = i;
 		}
-		if (n == 0 || mono_ms() > deadline)
+		if (n == 0 || tu_mono_ms() > deadline)
 			break;
 		if (poll(pf, n, 100) <= 0)
 			continue;
@@ -977,9 +965,9 @@ static void test_max_connections(void **state)
 	int64_t worst = 0;
 	for (int i = 0; i < NOVER; i++) {
 		over[i] = raw_connect(S.b.addr);
-		int64_t t0 = mono_us();
+		int64_t t0 = tu_mono_us();
 		assert_true(wait_closed(over[i], 2000));
-		int64_t us = mono_us() - t0;
+		int64_t us = tu_mono_us() - t0;
 		worst = us > worst ? us : worst;
 	}
 	printf("# %d connections past max.connections=%d: each closed within %lld us\n", NOVER,
@@ -1013,10 +1001,10 @@ static void test_max_connections(void **state)
 static unsigned flood(int fd, uint8_t *frame, size_t len, unsigned count)
 {
 	set_nonblock(fd, true);
-	int64_t end = mono_ms() + 3000, stuck_since = 0;
+	int64_t end = tu_mono_ms() + 3000, stuck_since = 0;
 	unsigned sent = 0;
 	size_t off = 0;
-	while (sent < count && mono_ms() < end) {
+	while (sent < count && tu_mono_ms() < end) {
 		if (off == 0)
 			put32(frame + 8, sent + 1);
 		ssize_t n = send(fd, frame + off, len - off, MSG_NOSIGNAL);
@@ -1032,8 +1020,8 @@ static unsigned flood(int fd, uint8_t *frame, size_t len, unsigned count)
 		if (n < 0 && errno != EAGAIN && errno != EINTR)
 			break;
 		if (stuck_since == 0)
-			stuck_since = mono_ms();
-		else if (mono_ms() - stuck_since > 300)
+			stuck_since = tu_mono_ms();
+		else if (tu_mono_ms() - stuck_since > 300)
 			break;
 		struct pollfd p = { .fd = fd, .events = POLLOUT };
 		poll(&p, 1, 50);
@@ -1093,7 +1081,7 @@ static void test_never_reads(void **state)
 	uint8_t *pf = hold(produce_frame("bp-produce", pbatch, plen, &prlen));
 	int fetchers[NFETCH];
 	unsigned fsent[NFETCH];
-	int64_t t0 = mono_ms();
+	int64_t t0 = tu_mono_ms();
 	for (int i = 0; i < NFETCH; i++) {
 		fetchers[i] = raw_connect_buf(S.b.addr, 65536);
 		fsent[i] = flood(fetchers[i], ff, flen, NREQ);
@@ -1103,13 +1091,13 @@ static void test_never_reads(void **state)
 	unsigned psent = flood(producer, pf, prlen, NREQ);
 	printf("# %d fetchers sent %u..%u requests for 1 MiB each, a producer %u of %u bytes, "
 	       "in %lld ms; none reads\n", NFETCH, fsent[0], fsent[NFETCH - 1], psent,
-	       (unsigned)prlen, (long long)(mono_ms() - t0));
+	       (unsigned)prlen, (long long)(tu_mono_ms() - t0));
 
 	/* The well-behaved client meanwhile. */
 	struct lat during = { .n = 0 };
 	long rss_max = 0;
-	int64_t end = mono_ms() + 20000;
-	for (int i = 0; i < 200 && mono_ms() < end; i++) {
+	int64_t end = tu_mono_ms() + 20000;
+	for (int i = 0; i < 200 && tu_mono_ms() < end; i++) {
 		lat_add(&during, produce_fetch_rtt(c, "wb", small, slen));
 		if (i % 10 == 0) {
 			long rss = tb_rss_kib(&S.b);
@@ -1132,8 +1120,8 @@ static void test_never_reads(void **state)
 	struct rx *r = rx_new();
 	unsigned got = 0;
 	uint64_t bytes = 0;
-	t0 = mono_ms();
-	while (got < fsent[0] && !r->closed && mono_ms() - t0 < 20000) {
+	t0 = tu_mono_ms();
+	while (got < fsent[0] && !r->closed && tu_mono_ms() - t0 < 20000) {
 		struct pollfd p = { .fd = fetchers[0], .events = POLLIN };
 		poll(&p, 1, 100);
 		rx_read(fetchers[0], r);
@@ -1148,15 +1136,15 @@ static void test_never_reads(void **state)
 		}
 	}
 	printf("# fetcher 0, reading at last: %u of %u responses (%llu MiB) in %lld ms\n", got,
-	       fsent[0], (unsigned long long)(bytes / MIB), (long long)(mono_ms() - t0));
+	       fsent[0], (unsigned long long)(bytes / MIB), (long long)(tu_mono_ms() - t0));
 	assert_int_equal(got, fsent[0]);
 	rx_free(r);
 	r = rx_new();
 	/* So does the producer, all acknowledged. */
 	set_nonblock(producer, false);
 	got = 0;
-	t0 = mono_ms();
-	while (got < psent && !r->closed && mono_ms() - t0 < 20000) {
+	t0 = tu_mono_ms();
+	while (got < psent && !r->closed && tu_mono_ms() - t0 < 20000) {
 		struct pollfd p = { .fd = producer, .events = POLLIN };
 		poll(&p, 1, 100);
 		rx_read(producer, r);
@@ -1195,8 +1183,8 @@ static unsigned pump(int fd, const uint8_t *tx, size_t txlen, unsigned want, int
 	struct rx *r = rx_new();
 	size_t off = 0;
 	unsigned got = 0;
-	int64_t deadline = mono_ms() + timeout_ms;
-	while (got < want && !r->closed && mono_ms() < deadline) {
+	int64_t deadline = tu_mono_ms() + timeout_ms;
+	while (got < want && !r->closed && tu_mono_ms() < deadline) {
 		struct pollfd p = { .fd = fd, .events = POLLIN | (off < txlen ? POLLOUT : 0) };
 		if (poll(&p, 1, 100) <= 0)
 			continue;
@@ -1254,10 +1242,10 @@ static void test_pipelining_reader(void **state)
 	}
 	int fd = raw_connect(S.b.addr);
 	uint32_t next = 1;
-	int64_t t0 = mono_ms();
+	int64_t t0 = tu_mono_ms();
 	unsigned got = pump(fd, tx, one * NMETA, NMETA, 20000, check_in_order, &next);
 	printf("# %u of %u pipelined metadata requests answered in order in %lld ms\n", got,
-	       NMETA, (long long)(mono_ms() - t0));
+	       NMETA, (long long)(tu_mono_ms() - t0));
 	assert_int_equal(got, NMETA);
 	drop(tx);
 	drop(m);
@@ -1272,10 +1260,10 @@ static void test_pipelining_reader(void **state)
 		put32(tx + i * flen + 8, i + 1);
 	}
 	bool seen[NFETCH + 1] = { false };
-	t0 = mono_ms();
+	t0 = tu_mono_ms();
 	got = pump(fd, tx, flen * NFETCH, NFETCH, 20000, check_fetch, seen);
 	printf("# %u of %u pipelined 1 MiB fetches answered in %lld ms\n", got, NFETCH,
-	       (long long)(mono_ms() - t0));
+	       (long long)(tu_mono_ms() - t0));
 	assert_int_equal(got, NFETCH);
 	drop(tx);
 	drop(ff);
@@ -1329,12 +1317,12 @@ static void test_pipelined_producer_small_frames(void **state)
 	int64_t bad0 = tb_metric(&S.own, "ringmq_connections_closed_bad_total");
 	int fd = raw_connect(S.own.addr);
 	bool *seen = hold(calloc(NPROD + 1, sizeof(bool)));
-	int64_t t0 = mono_ms();
+	int64_t t0 = tu_mono_ms();
 	unsigned got = pump(fd, tx, flen * NPROD, NPROD, 20000, check_produce, seen);
 	int64_t bad = tb_metric(&S.own, "ringmq_connections_closed_bad_total") - bad0;
 	printf("# pipelined producer, %zu-byte frames: %u of %u acknowledged in %lld ms; "
 	       "connections closed for bad input: %lld\n", flen, got, NPROD,
-	       (long long)(mono_ms() - t0), (long long)bad);
+	       (long long)(tu_mono_ms() - t0), (long long)bad);
 	assert_int_equal(bad, 0);
 	assert_int_equal(got, NPROD);
 	close_fd(fd);
@@ -1388,12 +1376,12 @@ static void test_many_idle(void **state)
 	lat_report("produce+fetch, 1 connection", &pf0, NULL);
 
 	static int idle[NIDLE];
-	int64_t t0 = mono_ms();
+	int64_t t0 = tu_mono_ms();
 	for (int i = 0; i < NIDLE; i++)
 		idle[i] = raw_connect(b->addr);
 	int64_t conns = wait_metric(b, "ringmq_connections", NIDLE + 1, 10000);
 	printf("# %d idle connections accepted in %lld ms (ringmq_connections %lld)\n", NIDLE,
-	       (long long)(mono_ms() - t0), (long long)conns);
+	       (long long)(tu_mono_ms() - t0), (long long)conns);
 	assert_int_equal(conns, NIDLE + 1);
 	int fd1 = tb_fd_count(b->pid);
 
@@ -1414,8 +1402,8 @@ static void test_many_idle(void **state)
 	for (int i = 0; i < NIDLE; i++)
 		close_fd(idle[i]);
 	int fd2 = tb_fd_count(b->pid);
-	int64_t deadline = mono_ms() + 5000;
-	while (fd2 > fd0 + 2 && mono_ms() < deadline) {
+	int64_t deadline = tu_mono_ms() + 5000;
+	while (fd2 > fd0 + 2 && tu_mono_ms() < deadline) {
 		usleep(20000);
 		fd2 = tb_fd_count(b->pid);
 	}
@@ -1494,11 +1482,11 @@ static void test_fetch_memory_bound(void **state)
 		put32(tx + i * flen + 8, (uint32_t)i + 1);
 	}
 	int fd = raw_connect_buf(S.own.addr, 65536);
-	int64_t t0 = mono_ms();
+	int64_t t0 = tu_mono_ms();
 	assert_int_equal(tb_send_all(fd, tx, flen * MAX_INFLIGHT), 0);
 	drop(tx);
 	long peak = rss0;
-	while (mono_ms() - t0 < 1500) {
+	while (tu_mono_ms() - t0 < 1500) {
 		long rss = tb_rss_kib(&S.own);
 		peak = rss > peak ? rss : peak;
 		usleep(5000);
@@ -1543,8 +1531,8 @@ static void test_fetch_duplicate_partitions(void **state)
 	/* Refusing it is fine too: then an error response comes back. */
 	struct rx *r = rx_new();
 	struct proto_resp_hdr h;
-	int64_t t0 = mono_ms();
-	while (mono_ms() - t0 < 300) {
+	int64_t t0 = tu_mono_ms();
+	while (tu_mono_ms() - t0 < 300) {
 		struct pollfd p = { .fd = fd, .events = POLLIN };
 		poll(&p, 1, 50);
 		rx_read(fd, r);
@@ -1556,8 +1544,8 @@ static void test_fetch_duplicate_partitions(void **state)
 	rx_free(r);
 
 	struct lat during = { .n = 0 };
-	t0 = mono_ms();
-	while (during.n < 20 && mono_ms() - t0 < 5000)
+	t0 = tu_mono_ms();
+	while (during.n < 20 && tu_mono_ms() - t0 < 5000)
 		lat_add(&during, produce_fetch_rtt(c, "dup", small, slen));
 	char what[128];
 	snprintf(what, sizeof(what), "produce+fetch while a long poll names the partition %d "
@@ -1598,13 +1586,13 @@ static void test_http_slow_clients(void **state)
 	printf("# /health with %d slow HTTP clients: %d\n", NSLOW, during);
 	/* The protocol port does not care. */
 	metadata_rtt(&S.c);
-	int64_t t0 = mono_ms();
+	int64_t t0 = tu_mono_ms();
 	int st = during;
-	while (st != 200 && mono_ms() - t0 < HTTP_TIMEOUT_MS + 3000) {
+	while (st != 200 && tu_mono_ms() - t0 < HTTP_TIMEOUT_MS + 3000) {
 		usleep(250000);
 		st = tb_health(&S.b);
 	}
-	printf("# /health answered %d after %lld ms more\n", st, (long long)(mono_ms() - t0));
+	printf("# /health answered %d after %lld ms more\n", st, (long long)(tu_mono_ms() - t0));
 	assert_int_equal(st, 200);
 	for (int i = 0; i < NSLOW; i++)
 		close_fd(slow[i]);
@@ -1630,10 +1618,10 @@ static void test_still_healthy(void **state)
 	unsigned sent = flood(fd, f, flen, 50);
 	drop(f);
 	usleep(200000);
-	int64_t t0 = mono_ms();
+	int64_t t0 = tu_mono_ms();
 	int rc = tb_stop(&S.b);
 	printf("# SIGTERM with a stalled reader (%u fetches unread): exit %d after %lld ms\n",
-	       sent, rc, (long long)(mono_ms() - t0));
+	       sent, rc, (long long)(tu_mono_ms() - t0));
 	close_fd(fd);
 	int problems = tb_log_problems(&S.b);
 	if (rc != 0 || problems != 0)
@@ -1641,8 +1629,8 @@ static void test_still_healthy(void **state)
 	assert_int_equal(rc, 0);
 	assert_int_equal(problems, 0);
 	/* It waited for the reader (shutdown.timeout.ms), but not for ever. */
-	assert_true(mono_ms() - t0 >= SHUTDOWN_TIMEOUT_MS - 100);
-	assert_true(mono_ms() - t0 < SHUTDOWN_TIMEOUT_MS + 5000);
+	assert_true(tu_mono_ms() - t0 >= SHUTDOWN_TIMEOUT_MS - 100);
+	assert_true(tu_mono_ms() - t0 < SHUTDOWN_TIMEOUT_MS + 5000);
 	TEST_DONE();
 }
 

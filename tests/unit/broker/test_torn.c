@@ -55,13 +55,6 @@
 #define VALUE_MAX 640u
 #define SEGMENT_BYTES "65536"
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- numbered messages ---- */
 
 static uint32_t value_len(uint32_t id)
@@ -271,7 +264,7 @@ static void read_back(uint32_t p)
 	uint64_t end = T.n[p], off = 0, records = 0;
 	/* After a start, a flush-always log shows its active segment once the
 	 * first fdatasync is done: wait for that (bounded), never past end. */
-	for (int64_t until = mono_ms() + 5000;;) {
+	for (int64_t until = tu_mono_ms() + 5000;;) {
 		uint8_t *rec = NULL;
 		uint32_t len = 0;
 		uint64_t le = 0;
@@ -284,7 +277,7 @@ static void read_back(uint32_t p)
 				 "(%" PRIu64 ")", TOPIC, p, le, end);
 		if (le == end)
 			break;
-		if (mono_ms() > until)
+		if (tu_mono_ms() > until)
 			fail_msg("%s[%u]: the log ends at %" PRIu64 ", not %" PRIu64 ", 5 s after the start",
 				 TOPIC, p, le, end);
 		struct timespec ts = { 0, 5000000 };
@@ -849,7 +842,7 @@ static void test_torn_tails(void **state)
 	const char *torture = getenv("RINGMQ_TORTURE");
 	int rounds = torture && strcmp(torture, "1") == 0 ? 20 : 6;
 	uint64_t rng = tu_seed("test_torn_tails");
-	int64_t t0 = mono_ms();
+	int64_t t0 = tu_mono_ms();
 	T.nparts = 1 + (uint32_t)(tu_rand(&rng) % MAXP);
 
 	start(true);
@@ -985,7 +978,7 @@ static void test_torn_tails(void **state)
 		read_back(p);
 	stop(false);
 	printf("# %d rounds in %" PRId64 " ms: %" PRIu64 " messages produced, %" PRIu64
-	       " lost with damaged batches, %" PRIu64 " bytes cut\n", rounds, mono_ms() - t0,
+	       " lost with damaged batches, %" PRIu64 " bytes cut\n", rounds, tu_mono_ms() - t0,
 	       total_msgs + 50, total_lost, total_cut);
 	printf("# damage: partitions truncate %u, overwrite %u, append %u; offsets store "
 	       "truncate %u, overwrite %u, append %u\n", kinds[0][0], kinds[0][1], kinds[0][2],

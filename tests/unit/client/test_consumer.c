@@ -33,19 +33,6 @@ struct fx {
 	struct ringmq_admin *admin;
 };
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
-	nanosleep(&ts, NULL);
-}
-
 static void connect_admin(struct fx *f)
 {
 	char err[256];
@@ -384,9 +371,9 @@ static void test_views_and_pipelining(void **state)
 
 	struct ringmq_message m[256];
 	size_t n;
-	int64_t t0 = now_ms();
+	int64_t t0 = tu_mono_ms();
 	assert_int_equal(ringmq_consumer_poll(c, 5000, m, 256, &n, err, sizeof(err)), 0);
-	int64_t first = now_ms() - t0;
+	int64_t first = tu_mono_ms() - t0;
 	assert_true(n > 0 && n < 50);
 	assert_true(first >= 350);
 	static struct copy cp[256];
@@ -400,7 +387,7 @@ static void test_views_and_pipelining(void **state)
 		memcpy(cp[i].value, m[i].value, m[i].value_len);
 	}
 	/* The slow application; then its views are still what they were. */
-	sleep_ms(700);
+	tu_sleep_ms(700);
 	for (size_t i = 0; i < n; i++) {
 		assert_int_equal(m[i].offset, cp[i].offset);
 		assert_int_equal(m[i].timestamp_ms, cp[i].ts);
@@ -412,9 +399,9 @@ static void test_views_and_pipelining(void **state)
 	}
 	int64_t last = m[n - 1].offset;
 
-	t0 = now_ms();
+	t0 = tu_mono_ms();
 	assert_int_equal(ringmq_consumer_poll(c, 5000, m, 256, &n, err, sizeof(err)), 0);
-	int64_t second = now_ms() - t0;
+	int64_t second = tu_mono_ms() - t0;
 	assert_true(n > 0);
 	assert_int_equal(m[0].offset, last + 1);
 	last = m[n - 1].offset;
@@ -422,9 +409,9 @@ static void test_views_and_pipelining(void **state)
 		fail_msg("the poll after a slow application took %" PRId64 " ms: the next fetch "
 			 "was not on its way (a fetch takes %" PRId64 " ms)", second, first);
 	/* Control: with no pause, a poll waits for a whole fetch. */
-	t0 = now_ms();
+	t0 = tu_mono_ms();
 	assert_int_equal(ringmq_consumer_poll(c, 5000, m, 256, &n, err, sizeof(err)), 0);
-	assert_true(now_ms() - t0 >= 300);
+	assert_true(tu_mono_ms() - t0 >= 300);
 	assert_true(n > 0);
 	assert_int_equal(m[0].offset, last + 1);
 	ringmq_consumer_free(c);
@@ -446,7 +433,7 @@ static void test_end_detection(void **state)
 		tps[i] = (struct ringmq_topic_partition){ "ends", i, RINGMQ_OFFSET_BEGINNING };
 	assert_int_equal(ringmq_consumer_assign(c, tps, 3, err, sizeof(err)), 0);
 	size_t got[3] = { 0, 0, 0 };
-	int64_t t0 = now_ms();
+	int64_t t0 = tu_mono_ms();
 	bool done = false;
 	for (int rounds = 0; !done && rounds < 200; rounds++) {
 		struct ringmq_message m[128];
@@ -462,7 +449,7 @@ static void test_end_detection(void **state)
 		}
 	}
 	assert_true(done);
-	assert_true(now_ms() - t0 < 3000);
+	assert_true(tu_mono_ms() - t0 < 3000);
 	assert_int_equal(got[0], 700);
 	assert_int_equal(got[1], 300);
 	assert_int_equal(got[2], 0);
@@ -598,12 +585,12 @@ static void test_corrupt_batch(void **state)
 	/* The partition stops there (and poll does not spin meanwhile). */
 	struct ringmq_message m[64];
 	size_t n;
-	int64_t t0 = now_ms();
+	int64_t t0 = tu_mono_ms();
 	double cpu0 = thread_cpu();
 	assert_int_equal(ringmq_consumer_poll(c, 500, m, 64, &n, err, sizeof(err)), 0);
 	assert_int_equal(n, 0);
 	double cpu = thread_cpu() - cpu0;
-	int64_t wall = now_ms() - t0;
+	int64_t wall = tu_mono_ms() - t0;
 	if (cpu > 0.25)
 		fail_msg("poll with every partition stopped used %.0f ms of CPU in %" PRId64 " ms",
 			 cpu * 1000, wall);
@@ -706,8 +693,8 @@ static void test_survives_restart(void **state)
 	assert_int_equal(tb_start(&f->b, f->b.dir, extra), 0);
 	connect_admin(f);
 	produce_range(f, "again", 0, 100, 150, NULL);
-	int64_t deadline = now_ms() + 10000;
-	while (next < 150 && now_ms() < deadline) {
+	int64_t deadline = tu_mono_ms() + 10000;
+	while (next < 150 && tu_mono_ms() < deadline) {
 		int ret = ringmq_consumer_poll(c, 200, m, 64, &n, err, sizeof(err));
 		if (ret == RINGMQ_ERR_TRANSPORT)
 			continue;
@@ -737,7 +724,7 @@ static void test_no_spin_while_down(void **state)
 	assert_int_equal(poll_some(c, 200, NULL, NULL), 0);
 	assert_int_equal(tb_stop(&f->b), 0);
 	double cpu0 = thread_cpu();
-	int64_t t0 = now_ms();
+	int64_t t0 = tu_mono_ms();
 	for (int i = 0; i < 3; i++) {
 		struct ringmq_message m[8];
 		size_t n;
@@ -745,7 +732,7 @@ static void test_no_spin_while_down(void **state)
 		assert_true(ret == 0 || ret == RINGMQ_ERR_TRANSPORT);
 		assert_int_equal(n, 0);
 	}
-	int64_t wall = now_ms() - t0;
+	int64_t wall = tu_mono_ms() - t0;
 	double cpu = thread_cpu() - cpu0;
 	print_message("      3 polls: %" PRId64 " ms, %.0f ms CPU\n", wall, cpu * 1000);
 	assert_true(wall >= 1100);

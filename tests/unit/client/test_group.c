@@ -22,6 +22,7 @@
 
 #include "client/ringmq.h"
 #include "tests/unit/tbroker.h"
+#include "tests/unit/testutil.h"
 
 #define N 6000 /* messages, numbered 0..N-1 in their values */
 
@@ -29,13 +30,6 @@ struct fx {
 	struct tbroker b;
 	struct ringmq_config *cfg;
 };
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int setup(void **state)
 {
@@ -131,8 +125,8 @@ static void test_fan_out(void **state)
 	struct ringmq_consumer *inv = member(f, "inventory");
 	struct ringmq_consumer *note = member(f, "notification");
 	int *a = calloc(N, sizeof(int)), *b = calloc(N, sizeof(int)), dups;
-	int64_t end = mono_ms() + 20000;
-	while (mono_ms() < end && (count_seen(a, &dups) < N || count_seen(b, &dups) < N)) {
+	int64_t end = tu_mono_ms() + 20000;
+	while (tu_mono_ms() < end && (count_seen(a, &dups) < N || count_seen(b, &dups) < N)) {
 		poll_count(inv, a, 50);
 		poll_count(note, b, 50);
 	}
@@ -152,9 +146,9 @@ static void test_share_join_midstream(void **state)
 	produce(f, 0, N / 3);
 	int *seen = calloc(N, sizeof(int)), dups;
 	struct ringmq_consumer *m[3] = { member(f, "g"), NULL, NULL };
-	int64_t end = mono_ms() + 30000;
+	int64_t end = tu_mono_ms() + 30000;
 	int phase = 0;
-	while (mono_ms() < end && count_seen(seen, &dups) < N) {
+	while (tu_mono_ms() < end && count_seen(seen, &dups) < N) {
 		for (int i = 0; i < 3; i++)
 			if (m[i])
 				poll_count(m[i], seen, 20);
@@ -205,8 +199,8 @@ static pid_t child_member(struct fx *f, int pipe_w)
 		_exit(2);
 	int got = 0;
 	bool told = false;
-	int64_t end = mono_ms() + 20000;
-	while (mono_ms() < end) {
+	int64_t end = tu_mono_ms() + 20000;
+	while (tu_mono_ms() < end) {
 		struct ringmq_message m[64];
 		size_t n;
 		/* After telling, poll for nothing: heartbeats only. */
@@ -247,14 +241,14 @@ static void test_killed_member(void **state)
 	 * session timeout, and reading resumes at its last commit. */
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
-	int64_t t0 = mono_ms();
+	int64_t t0 = tu_mono_ms();
 	int64_t moved = -1;
-	while (mono_ms() - t0 < 10000 && count_seen(seen, &dups) + committed_by_child < N) {
+	while (tu_mono_ms() - t0 < 10000 && count_seen(seen, &dups) + committed_by_child < N) {
 		poll_count(c, seen, 20);
 		assert_int_equal(ringmq_consumer_assignment(c, &tps, &n), 0);
 		free(tps);
 		if (n == 6 && moved < 0)
-			moved = mono_ms() - t0;
+			moved = tu_mono_ms() - t0;
 	}
 	printf("# partitions moved %lld ms after the SIGKILL (session 1500 ms); the dead member "
 	       "had committed %d\n", (long long)moved, committed_by_child);
@@ -272,9 +266,9 @@ static void test_killed_member(void **state)
 /* Polls until the consumer holds all 6 partitions. */
 static void await_assignment(struct ringmq_consumer *c, int *seen)
 {
-	int64_t end = mono_ms() + 10000;
+	int64_t end = tu_mono_ms() + 10000;
 	size_t n = 0;
-	while (n != 6 && mono_ms() < end) {
+	while (n != 6 && tu_mono_ms() < end) {
 		poll_count(c, seen, 50);
 		struct ringmq_topic_partition *tps;
 		assert_int_equal(ringmq_consumer_assignment(c, &tps, &n), 0);
@@ -300,8 +294,8 @@ static void test_latest_start_is_committed(void **state)
 	ringmq_consumer_free(c);
 	produce(f, 100, 300);
 	c = member(f, "late");
-	int64_t end = mono_ms() + 15000;
-	while (count_seen(seen, &dups) < 200 && mono_ms() < end)
+	int64_t end = tu_mono_ms() + 15000;
+	while (count_seen(seen, &dups) < 200 && tu_mono_ms() < end)
 		poll_count(c, seen, 50);
 	assert_int_equal(count_seen(seen, &dups), 200);
 	assert_int_equal(dups, 0);
@@ -331,8 +325,8 @@ static void test_lost_position_resets(void **state)
 	tc_close(&tc);
 	int *seen = calloc(N, sizeof(int)), dups;
 	struct ringmq_consumer *c = member(f, "gone");
-	int64_t end = mono_ms() + 15000;
-	while (count_seen(seen, &dups) < 60 && mono_ms() < end)
+	int64_t end = tu_mono_ms() + 15000;
+	while (count_seen(seen, &dups) < 60 && tu_mono_ms() < end)
 		poll_count(c, seen, 50);
 	assert_int_equal(count_seen(seen, &dups), 60);
 	assert_int_equal(dups, 0);
@@ -363,8 +357,8 @@ static void test_commit_async_queued(void **state)
 	produce(f, 0, 200);
 	int *seen = calloc(N, sizeof(int)), dups;
 	struct ringmq_consumer *c = member(f, "manual");
-	int64_t end = mono_ms() + 15000;
-	while (count_seen(seen, &dups) < 200 && mono_ms() < end) {
+	int64_t end = tu_mono_ms() + 15000;
+	while (count_seen(seen, &dups) < 200 && tu_mono_ms() < end) {
 		/* Few messages a poll, so that commits overlap. */
 		struct ringmq_message m[10];
 		size_t n;
@@ -383,8 +377,8 @@ static void test_commit_async_queued(void **state)
 	assert_int_equal(count_seen(seen, &dups), 200);
 	struct ringmq_admin *a = ringmq_admin_new(f->cfg, err, sizeof(err));
 	int64_t lag = -1;
-	end = mono_ms() + 5000;
-	while (lag != 0 && mono_ms() < end) {
+	end = tu_mono_ms() + 5000;
+	while (lag != 0 && tu_mono_ms() < end) {
 		poll_count(c, seen, 50);
 		struct ringmq_group_info *gi;
 		assert_int_equal(ringmq_group_describe(a, "manual", &gi, err, sizeof(err)), 0);

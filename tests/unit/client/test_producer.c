@@ -38,19 +38,6 @@ struct fx {
 	struct ringmq_admin *admin;
 };
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
-	nanosleep(&ts, NULL);
-}
-
 static void connect_admin(struct fx *f)
 {
 	char err[256];
@@ -183,7 +170,7 @@ static void on_delivery(const struct ringmq_delivery *d, void *opaque)
 	struct track *t = opaque;
 	size_t i = (size_t)(uintptr_t)d->opaque;
 	pthread_mutex_lock(&t->mu);
-	int64_t now = now_ms();
+	int64_t now = tu_mono_ms();
 	if (t->total++ == 0)
 		t->first_ms = now;
 	t->last_ms = now;
@@ -308,14 +295,14 @@ static void read_back(struct fx *f, const char *topic, uint32_t nparts, struct s
 	struct ringmq_consumer *c = ringmq_consumer_new(cc, err, sizeof(err));
 	assert_non_null(c);
 	assert_int_equal(ringmq_consumer_assign(c, tps, nparts, err, sizeof(err)), 0);
-	int64_t deadline = now_ms() + 30000;
+	int64_t deadline = tu_mono_ms() + 30000;
 	for (;;) {
 		bool done = true;
 		for (uint32_t i = 0; i < nparts; i++)
 			done &= next[i] >= end[i];
 		if (done)
 			break;
-		if (now_ms() > deadline)
+		if (tu_mono_ms() > deadline)
 			fail_msg("reading %s back: no end after 30 s", topic);
 		struct ringmq_message m[512];
 		size_t k;
@@ -429,8 +416,8 @@ static long long metric(struct fx *f, const char *line_prefix)
 	tc_send_raw(&c, req, strlen(req));
 	size_t cap = 1 << 20, len = 0;
 	char *buf = malloc(cap);
-	int64_t deadline = now_ms() + 5000;
-	while (len < cap - 1 && now_ms() < deadline) {
+	int64_t deadline = tu_mono_ms() + 5000;
+	while (len < cap - 1 && tu_mono_ms() < deadline) {
 		struct pollfd p = { .fd = c.fd, .events = POLLIN };
 		if (poll(&p, 1, 100) <= 0)
 			continue;
@@ -455,12 +442,12 @@ static long long metric(struct fx *f, const char *line_prefix)
 /* Waits (bounded) until the producer has nothing outstanding. */
 static void wait_idle(struct ringmq_producer *p, int timeout_ms)
 {
-	int64_t deadline = now_ms() + timeout_ms;
+	int64_t deadline = tu_mono_ms() + timeout_ms;
 	while (ringmq_producer_outstanding(p) > 0) {
-		if (now_ms() > deadline)
+		if (tu_mono_ms() > deadline)
 			fail_msg("%zu messages still outstanding after %d ms",
 				 ringmq_producer_outstanding(p), timeout_ms);
-		sleep_ms(2);
+		tu_sleep_ms(2);
 	}
 }
 
@@ -482,10 +469,10 @@ static void test_linger_batches(void **state)
 	long long before = metric(f, PRODUCE_REQUESTS);
 	assert_true(before >= 1);
 
-	int64_t t0 = now_ms();
+	int64_t t0 = tu_mono_ms();
 	for (size_t i = 1; i < n; i++)
 		assert_int_equal(produce_n(p, "linger", 0, i, NULL), 0);
-	int64_t burst = now_ms() - t0;
+	int64_t burst = tu_mono_ms() - t0;
 	wait_idle(p, 10000);
 	assert_delivered_once(t, 0, n);
 	/* Nothing was sent before linger.ms had passed. */
@@ -767,10 +754,10 @@ static void test_partition_errors(void **state)
 	/* An unknown topic fails at once (max.block.ms is 60 s), every time;
 	 * once it exists, producing to it works. */
 	for (int k = 0; k < 2; k++) {
-		int64_t t0 = now_ms();
+		int64_t t0 = tu_mono_ms();
 		assert_int_equal(produce_n(p, "ghost", RINGMQ_PARTITION_ANY, 4, NULL),
 				 RINGMQ_ERR_UNKNOWN_TOPIC);
-		assert_true(now_ms() - t0 < 2000);
+		assert_true(tu_mono_ms() - t0 < 2000);
 	}
 	create_topic(f, "ghost", 2, NULL, NULL);
 	assert_int_equal(produce_n(p, "ghost", 1, 5, NULL), 0);
@@ -810,19 +797,19 @@ static void test_acks(void **state)
 			for (size_t i = 0; i < per; i++)
 				assert_int_equal(t->off[i], -1);
 			/* Where the acks=0 messages landed: wait for them. */
-			int64_t deadline = now_ms() + 10000;
+			int64_t deadline = tu_mono_ms() + 10000;
 			for (int32_t part = 0; part < 2; part++) {
 				char err[256];
 				size_t want = 0;
 				for (size_t i = 0; i < per; i++)
 					want += t->part[i] == part;
-				while (next[part] < (int64_t)want && now_ms() < deadline) {
+				while (next[part] < (int64_t)want && tu_mono_ms() < deadline) {
 					assert_int_equal(ringmq_list_offset(f->admin, "acks", part,
 									    RINGMQ_OFFSET_END,
 									    &next[part], err,
 									    sizeof(err)), 0);
 					if (next[part] < (int64_t)want)
-						sleep_ms(10);
+						tu_sleep_ms(10);
 				}
 				assert_int_equal(next[part], (int64_t)want);
 			}
@@ -869,7 +856,7 @@ static struct track *drop_run(struct fx *f, const char *topic, uint32_t nparts,
 			     "reconnect.backoff.max.ms", "100", "delivery.timeout.ms",
 			     strict ? "6000" : "2000", NULL };
 	struct ringmq_producer *p = producer(f, t, kv);
-	int64_t t0 = now_ms();
+	int64_t t0 = tu_mono_ms();
 	for (size_t i = 0; i < n; i++) {
 		char key[16];
 		snprintf(key, sizeof(key), "%zu", i);
@@ -882,12 +869,12 @@ static struct track *drop_run(struct fx *f, const char *topic, uint32_t nparts,
 		/* Freeing would wait for delivery.timeout.ms again: the
 		 * producer and its track are left behind (failing runs only). */
 		fail_msg("flush: %s after %" PRId64 " ms, %zu of %zu outstanding, %zu delivered",
-			 ringmq_strerror(ret), now_ms() - t0, ringmq_producer_outstanding(p), n,
+			 ringmq_strerror(ret), tu_mono_ms() - t0, ringmq_producer_outstanding(p), n,
 			 track_total(t));
 	}
 	ringmq_producer_free(p);
 	print_message("      %zu messages through lost replies in %" PRId64 " ms, %zu failed\n",
-		      n, now_ms() - t0, t->errors);
+		      n, tu_mono_ms() - t0, t->errors);
 	if (strict)
 		assert_delivered_once(t, 0, n);
 	read_back(f, topic, nparts, s, n, idempotent ? n : 0);
@@ -941,11 +928,11 @@ static void test_delivery_timeout_without_replies(void **state)
 	const char *kv[] = { "delivery.timeout.ms", "1500", "reconnect.backoff.max.ms", "50",
 			     NULL };
 	struct ringmq_producer *p = producer(f, t, kv);
-	int64_t t0 = now_ms();
+	int64_t t0 = tu_mono_ms();
 	for (size_t i = 0; i < n; i++)
 		assert_int_equal(produce_n(p, "void", 0, i, NULL), 0);
 	int ret = ringmq_producer_flush(p, 5000);
-	int64_t took = now_ms() - t0;
+	int64_t took = tu_mono_ms() - t0;
 	if (ret != 0)
 		fail_msg("flush: %s after %" PRId64 " ms: %zu of %zu messages still unreported "
 			 "with delivery.timeout.ms 1500", ringmq_strerror(ret), took,
@@ -1114,7 +1101,7 @@ struct fake {
 	uint32_t refuse;
 	uint16_t err;
 	size_t nproduce;             /* mu */
-	int64_t at[FAKE_PRODUCES_MAX]; /* mu: now_ms() of each PRODUCE */
+	int64_t at[FAKE_PRODUCES_MAX]; /* mu: tu_mono_ms() of each PRODUCE */
 };
 
 static bool fake_stopping(struct fake *fk)
@@ -1177,7 +1164,7 @@ static void fake_answer(struct fake *fk, int fd, const uint8_t *frame, uint32_t 
 		pthread_mutex_lock(&fk->mu);
 		size_t k = fk->nproduce++;
 		if (k < FAKE_PRODUCES_MAX)
-			fk->at[k] = now_ms();
+			fk->at[k] = tu_mono_ms();
 		pthread_mutex_unlock(&fk->mu);
 		uint16_t err = k < fk->refuse ? fk->err : 0;
 		pp[0] = (struct proto_produce_resp_part){
@@ -1285,9 +1272,9 @@ static struct ringmq_producer *fake_producer(struct fake *fk, struct track *t,
 
 static bool wait_reports(struct track *t, size_t n, int timeout_ms)
 {
-	int64_t deadline = now_ms() + timeout_ms;
-	while (track_total(t) < n && now_ms() < deadline)
-		sleep_ms(5);
+	int64_t deadline = tu_mono_ms() + timeout_ms;
+	while (track_total(t) < n && tu_mono_ms() < deadline)
+		tu_sleep_ms(5);
 	return track_total(t) >= n;
 }
 
@@ -1302,10 +1289,10 @@ static void test_retry_backoff(void **state)
 	const char *kv[] = { "linger.ms", "0", "reconnect.backoff.ms", "100",
 			     "reconnect.backoff.max.ms", "250", NULL };
 	struct ringmq_producer *p = fake_producer(fk, t, kv);
-	int64_t t0 = now_ms();
+	int64_t t0 = tu_mono_ms();
 	assert_int_equal(produce_n(p, "bk", 0, 0, NULL), 0);
 	assert_true(wait_reports(t, 1, 10000));
-	int64_t took = now_ms() - t0;
+	int64_t took = tu_mono_ms() - t0;
 	ringmq_producer_free(p);
 	assert_int_equal(t->reports[0], 1);
 	assert_int_equal(t->err[0], 0);
@@ -1423,9 +1410,9 @@ static void test_many_threads(void **state)
 static size_t fill(struct ringmq_producer *p, const char *topic, size_t first, int64_t *last_ms)
 {
 	for (size_t i = first; i < first + 100000; i++) {
-		int64_t t0 = now_ms();
+		int64_t t0 = tu_mono_ms();
 		int ret = produce_n(p, topic, 0, i, NULL);
-		*last_ms = now_ms() - t0;
+		*last_ms = tu_mono_ms() - t0;
 		if (ret == RINGMQ_ERR_QUEUE_FULL)
 			return i - first;
 		if (ret != 0)
@@ -1458,7 +1445,7 @@ static void test_buffer_full(void **state)
 	assert_int_equal(tb_stop(&f->b), 0);
 
 	int64_t took;
-	int64_t t0 = now_ms();
+	int64_t t0 = tu_mono_ms();
 	size_t na = fill(a, "full", 1, &took);
 	assert_true(took < 100); /* not blocking */
 	/* 64 KiB of 8 KiB batches: 7, with 76 messages each. */
@@ -1467,9 +1454,9 @@ static void test_buffer_full(void **state)
 	/* The queue stays full while nothing can be sent. */
 	assert_int_equal(produce_n(a, "full", 0, 1 + na, NULL), RINGMQ_ERR_QUEUE_FULL);
 
-	int64_t t1 = now_ms();
+	int64_t t1 = tu_mono_ms();
 	assert_int_equal(ringmq_producer_flush(a, 300), RINGMQ_ERR_TIMEOUT);
-	int64_t fl = now_ms() - t1;
+	int64_t fl = tu_mono_ms() - t1;
 	assert_true(fl >= 290 && fl < 2000);
 
 	size_t nb = fill(b, "full", 1, &took);
@@ -1477,15 +1464,15 @@ static void test_buffer_full(void **state)
 	if (took < 180 || took > 1500)
 		fail_msg("blocking produce returned QUEUE_FULL after %" PRId64 " ms, not ~200",
 			 took);
-	assert_true(now_ms() - t0 < 2500); /* nothing has expired yet */
+	assert_true(tu_mono_ms() - t0 < 2500); /* nothing has expired yet */
 	assert_int_equal(ta->total, 1);
 	assert_int_equal(tb->total, 1);
 
 	/* delivery.timeout.ms (3 s) fails what could not be sent and frees
 	 * the memory: producing works again (into the buffer). */
-	int64_t deadline = now_ms() + 8000;
-	while (track_total(ta) < na + 1 && now_ms() < deadline)
-		sleep_ms(10);
+	int64_t deadline = tu_mono_ms() + 8000;
+	while (track_total(ta) < na + 1 && tu_mono_ms() < deadline)
+		tu_sleep_ms(10);
 	assert_int_equal(track_total(ta), na + 1);
 	for (size_t i = 1; i <= na; i++) {
 		assert_int_equal(ta->reports[i], 1);
@@ -1497,10 +1484,10 @@ static void test_buffer_full(void **state)
 
 	/* Freeing producers with undeliverable messages reports each of
 	 * them, with an error, within delivery.timeout.ms. */
-	int64_t t2 = now_ms();
+	int64_t t2 = tu_mono_ms();
 	ringmq_producer_free(a);
 	ringmq_producer_free(b);
-	int64_t freed = now_ms() - t2;
+	int64_t freed = tu_mono_ms() - t2;
 	if (freed > 3000 + 1500)
 		fail_msg("freeing took %" PRId64 " ms, delivery.timeout.ms is 3000", freed);
 	assert_int_equal(ta->reports[100000], 1);
@@ -1528,16 +1515,16 @@ static void test_unreachable(void **state)
 	ringmq_config_set_delivery_cb(cfg, on_delivery, t);
 	struct ringmq_producer *p = ringmq_producer_new(cfg, err, sizeof(err));
 	assert_non_null(p);
-	int64_t t0 = now_ms();
+	int64_t t0 = tu_mono_ms();
 	int ret = produce_n(p, "anything", RINGMQ_PARTITION_ANY, 0, NULL);
-	int64_t took = now_ms() - t0;
+	int64_t took = tu_mono_ms() - t0;
 	assert_int_equal(ret, RINGMQ_ERR_TRANSPORT);
 	assert_true(took >= 290 && took < 2000);
 	assert_int_equal(ringmq_producer_outstanding(p), 0);
 	assert_int_equal(ringmq_producer_flush(p, 100), 0);
-	t0 = now_ms();
+	t0 = tu_mono_ms();
 	ringmq_producer_free(p);
-	assert_true(now_ms() - t0 < 2000);
+	assert_true(tu_mono_ms() - t0 < 2000);
 	assert_int_equal(t->total, 0);
 	ringmq_config_free(cfg);
 	track_free(t);
@@ -1744,7 +1731,7 @@ static void test_reconnect_after_kill9(void **state)
 	tb_kill9(&f->b);
 	for (size_t i = 2 * q; i < 3 * q; i++)
 		assert_int_equal(produce_n(p, "phoenix", RINGMQ_PARTITION_ANY, i, NULL), 0);
-	sleep_ms(300);
+	tu_sleep_ms(300);
 	assert_true(ringmq_producer_outstanding(p) > 0);
 
 	/* Same data, same port: the producer finds it again by itself. */
@@ -1794,7 +1781,7 @@ static void *steady_main(void *arg)
 		}
 		__atomic_store_n(&st->sent, i + 1, __ATOMIC_RELEASE);
 		if (i % 50 == 49)
-			sleep_ms(1);
+			tu_sleep_ms(1);
 	}
 	return NULL;
 }
@@ -1811,9 +1798,9 @@ static void test_graceful_restart_no_duplicates(void **state)
 	st.p = producer(f, t, kv);
 	pthread_t th;
 	assert_int_equal(pthread_create(&th, NULL, steady_main, &st), 0);
-	int64_t deadline = now_ms() + 20000;
-	while (__atomic_load_n(&st.sent, __ATOMIC_ACQUIRE) < st.n / 3 && now_ms() < deadline)
-		sleep_ms(1);
+	int64_t deadline = tu_mono_ms() + 20000;
+	while (__atomic_load_n(&st.sent, __ATOMIC_ACQUIRE) < st.n / 3 && tu_mono_ms() < deadline)
+		tu_sleep_ms(1);
 	size_t before = track_total(t);
 	assert_int_equal(tb_stop(&f->b), 0);
 	char listen[80];
