@@ -120,10 +120,10 @@ static bool check_parts(struct fetch_req *fr)
 		rp->log_end = log_visible_end(p->log);
 		/* Offsets up to log_end() exist: past the visible end they are
 		 * only not readable yet (a flush=always tail before its
-		 * fdatasync, as for a few ms after every restart), so the fetch
-		 * waits for them like one at the end. Calling them out of range
-		 * would send group members to auto.offset.reset, which then
-		 * commits their offsets backwards. */
+		 * fdatasync), so the fetch waits for them like one at the end.
+		 * Calling them out of range would send group members to
+		 * auto.offset.reset, which then commits their offsets
+		 * backwards. */
 		uint64_t end = log_end(p->log);
 		if (fp->offset < rp->log_start || fp->offset > end) {
 			part_err(fr, fp, ERR_OFFSET_OUT_OF_RANGE,

@@ -443,7 +443,7 @@ int loop_run(struct loop *l)
 	if (ret != 0)
 		return ret;
 	l->next_tick_ms = now_ms() + TICK_MS;
-	topics_tick(l, now_ms()); /* start the first fdatasync of every log */
+	topics_tick(l, now_ms()); /* e.g. index entries that recovery found */
 	while (!l->stopping) {
 		log_env_flush(l->env);
 		int64_t now = now_ms();

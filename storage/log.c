@@ -1434,10 +1434,12 @@ void log_delete_before(struct log *log, uint64_t offset)
 void log_tick(struct log *log, int64_t now_ms)
 {
 	if (log->sync_wanted)
-		log_mark_dirty(log); /* e.g. the first fdatasync after log_open */
+		log_mark_dirty(log);
 	if (log->failed || log->wfail)
 		return;
 	struct segment *seg = log_last(log);
+	if (seg->state == SEG_ACTIVE)
+		idx_flush(seg, false); /* e.g. the entries log_open's scan found */
 	if (seg->state == SEG_ACTIVE && seg->end_pos > 0 && log->cfg.segment_ms > 0 &&
 	    now_ms - seg->created_ms >= log->cfg.segment_ms) {
 		if (log_roll(log) != 0)

@@ -128,7 +128,9 @@ struct log_recovery {
 
 /* Opens (creating if needed) the log in `dir`, which must exist. Scans only
  * the active segment from its last valid index entry, cuts a torn or corrupt
- * tail, and rebuilds a missing or damaged active index. Blocking; for
+ * tail, rebuilds a missing or damaged active index, and fdatasyncs the
+ * active segment, so durable_end == written_end == end on return (a failed
+ * fdatasync fails the open). Blocking; for
  * start-up and admin threads: it may run on any thread, since it changes
  * nothing in the env; the log belongs to the env's thread from its first
  * other call. Returns 0 with *out, or -errno. `report` may be NULL. */

@@ -721,8 +721,9 @@ static int produce_retrying(struct tclient *c, const char *addr, const char *top
 	return -1;
 }
 
-/* The visible end of partition 0, once it reaches `want` (bounded wait:
- * after a restart a flush=always tail shows after the first fdatasync). */
+/* The visible end of partition 0, once it reaches `want` (bounded wait: a
+ * batch whose produce reply was lost shows once its fdatasync is done;
+ * after a restart the whole log shows at once). */
 static uint64_t visible_end(struct tclient *c, const char *topic, uint64_t want)
 {
 	int64_t deadline = tu_mono_ms() + 5000;
