@@ -259,6 +259,8 @@ void handle_delete_topic(struct conn *c, uint32_t corr, const struct proto_delet
 void handle_alter_topic(struct conn *c, uint32_t corr, const struct proto_alter_topic_req *req);
 void topics_poll_deletes(struct loop *l);
 void topics_tick(struct loop *l, int64_t now);
+/* Blocks until every partition shows all its log (see loop_start). */
+void topics_sync_at_start(struct loop *l);
 /* The live partition, or NULL with *err set (UNKNOWN_TOPIC/PARTITION). */
 struct partition *partition_lookup(struct loop *l, struct pstr topic, uint32_t id,
 				   uint16_t *err);

@@ -362,9 +362,11 @@ int loop_init(struct loop *l, const struct broker_config *cfg)
 	return 0;
 }
 
-/* Binds the listeners, starts the worker and prints the ready line. */
+/* Shows every partition whole, binds the listeners, starts the worker and
+ * prints the ready line. */
 static int loop_start(struct loop *l)
 {
+	topics_sync_at_start(l);
 	l->listen_fd = listen_on(l->cfg->listen, l->listen_addr, sizeof(l->listen_addr));
 	if (l->listen_fd < 0)
 		return l->listen_fd;
@@ -443,7 +445,6 @@ int loop_run(struct loop *l)
 	if (ret != 0)
 		return ret;
 	l->next_tick_ms = now_ms() + TICK_MS;
-	topics_tick(l, now_ms()); /* e.g. index entries that recovery found */
 	while (!l->stopping) {
 		log_env_flush(l->env);
 		int64_t now = now_ms();

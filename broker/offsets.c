@@ -493,9 +493,11 @@ int offsets_open(struct loop *l)
 	if (rep.truncated_why)
 		say_warn("offsets store: recovery cut %" PRIu64 " bytes (%s)", rep.truncated_bytes,
 			 rep.truncated_why);
-	/* (log_open made commits that a kill -9 left in the page cache
-	 * durable, so the replay sees them.) */
-	ret = replay(l);
+	/* Commits written before a kill -9 may be only in the page cache: one
+	 * fdatasync makes them durable, and visible to the replay. */
+	ret = log_sync(o->log);
+	if (ret == 0)
+		ret = replay(l);
 	if (ret != 0)
 		say_error("cannot replay the offsets store: %s", strerror(-ret));
 	return ret;

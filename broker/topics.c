@@ -789,6 +789,37 @@ void topics_tick(struct loop *l, int64_t now)
 					log_tick(t->parts[i]->log, now);
 }
 
+/* A flush-always partition shows its active segment once an fdatasync has
+ * covered it (log_open: a kill -9 may have left it in the page cache).
+ * Served before that, it would end before its old end for a while after a
+ * restart, and a consumer asking for the latest offset then would be sent
+ * back over messages. So the start waits for those fdatasyncs, all in
+ * flight at once: they cost little, since every acknowledged write was
+ * fdatasynced before the crash. Other partitions show their tail at once;
+ * their first fdatasync (of what flush=never left in the page cache) is
+ * not waited for. */
+void topics_sync_at_start(struct loop *l)
+{
+	struct registry *r = &l->reg;
+	topics_tick(l, now_ms());
+	for (;;) {
+		log_env_flush(l->env);
+		uint32_t waiting = 0;
+		for (uint32_t s = 0; s < r->nslots; s++)
+			for (struct topic *t = r->slots[s]; t != NULL; t = t->hnext)
+				for (uint32_t i = 0; t->state == TOPIC_LIVE && i < t->nparts; i++) {
+					struct log *log = t->parts[i]->log;
+					waiting += log_error(log) == 0 &&
+						   log_visible_end(log) < log_written_end(log);
+				}
+		if (waiting == 0)
+			return;
+		int ret = ioq_wait(&l->q, 100);
+		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+			return; /* the loop reports it */
+	}
+}
+
 /* ---- start-up and shutdown ---- */
 
 static int lock_data_dir(const char *dir)

@@ -469,6 +469,11 @@ uint64_t log_durable_end(const struct log *log)
 	return log->durable_end;
 }
 
+int log_error(const struct log *log)
+{
+	return log->failed;
+}
+
 uint64_t log_visible_end(const struct log *log)
 {
 	return log->cfg.flush == LOG_FLUSH_ALWAYS ? log->durable_end : log->written_end;
@@ -1434,12 +1439,10 @@ void log_delete_before(struct log *log, uint64_t offset)
 void log_tick(struct log *log, int64_t now_ms)
 {
 	if (log->sync_wanted)
-		log_mark_dirty(log);
+		log_mark_dirty(log); /* e.g. the first fdatasync after log_open */
 	if (log->failed || log->wfail)
 		return;
 	struct segment *seg = log_last(log);
-	if (seg->state == SEG_ACTIVE)
-		idx_flush(seg, false); /* e.g. the entries log_open's scan found */
 	if (seg->state == SEG_ACTIVE && seg->end_pos > 0 && log->cfg.segment_ms > 0 &&
 	    now_ms - seg->created_ms >= log->cfg.segment_ms) {
 		if (log_roll(log) != 0)

@@ -128,9 +128,10 @@ struct log_recovery {
 
 /* Opens (creating if needed) the log in `dir`, which must exist. Scans only
  * the active segment from its last valid index entry, cuts a torn or corrupt
- * tail, rebuilds a missing or damaged active index, and fdatasyncs the
- * active segment, so durable_end == written_end == end on return (a failed
- * fdatasync fails the open). Blocking; for
+ * tail, and rebuilds a missing or damaged active index. The active segment
+ * is durable (and shown by a flush-always log) only after the first
+ * fdatasync, which the first log_tick asks for: a kill -9 may have left it
+ * in the page cache only. Blocking; for
  * start-up and admin threads: it may run on any thread, since it changes
  * nothing in the env; the log belongs to the env's thread from its first
  * other call. Returns 0 with *out, or -errno. `report` may be NULL. */
@@ -164,6 +165,9 @@ uint64_t log_written_end(const struct log *log);
 uint64_t log_failed_from(const struct log *log);
 uint64_t log_durable_end(const struct log *log);
 uint64_t log_visible_end(const struct log *log);
+/* 0, or the error that stopped the log for good (a failed fdatasync, or a
+ * failed clean-up after a failed write): it takes no appends until reopened. */
+int log_error(const struct log *log);
 /* Bytes on disk in all segments (data, not preallocation). */
 uint64_t log_size_bytes(const struct log *log);
 uint32_t log_segment_count(const struct log *log);

@@ -325,7 +325,7 @@ static int seg_recover(struct log *log, struct segment *seg, bool index_missing,
 	seg->idx_loaded = true;
 
 	seg->end_pos = seg->submitted_pos = seg->written_pos = end;
-	seg->synced_pos = 0; /* unknown until log_open's fdatasync */
+	seg->synced_pos = 0; /* unknown: log_open asks for an fdatasync */
 	seg->end_offset = expect;
 	struct statx stx;
 	seg->created_ms = log_wall_ms();
@@ -515,20 +515,15 @@ int log_open(struct log_env *env, const char *dir, const struct log_config *cfg,
 	}
 	last->state = SEG_ACTIVE;
 
-	/* Only the last segment may hold data that never reached stable
-	 * storage (a kill -9 leaves it in the page cache). It is made durable
-	 * now, so that the log is whole from the start: a flush-always log
-	 * that hid its tail until a later fdatasync would report a smaller
-	 * end after a restart than before it, and a consumer asking for the
-	 * latest offset then would be sent back over messages it had read. */
-	if (last->end_pos > 0 && fdatasync(last->fd) != 0) {
-		ret = -errno;
-		say_error("log %s: cannot fdatasync %s: %s", dir, last->name_log, strerror(-ret));
-		goto err_free_bases;
-	}
-	last->synced_pos = last->end_pos;
 	log->start = log->segs[0]->base;
-	log->end = log->written_end = log->durable_end = last->end_offset;
+	log->end = log->written_end = last->end_offset;
+	/* Only the last segment may hold data that never reached stable
+	 * storage (a kill -9 leaves it in the page cache): it becomes durable,
+	 * and visible on flush-always logs, after the first fdatasync. */
+	log->durable_end = last->end_pos > 0 ? last->base : log->end;
+	last->synced_pos = last->end_pos > 0 ? 0 : last->end_pos;
+	/* The first log_tick (or wait) on the env's thread starts it. */
+	log->sync_wanted = log->durable_end < log->written_end;
 	env->logs++;
 	*out = log;
 	return 0;
