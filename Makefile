@@ -7,7 +7,8 @@
 #   make demo       the order, inventory and notification services (examples/)
 #                   against a real broker; see tests/integration/demo.sh
 #   make san        the same tests under ASan+UBSan (build-san/)
-#   make torture    the long fault runs: 20 broker SIGKILLs under load
+#   make torture    the long fault runs: 20 broker SIGKILLs under load, then
+#                   20 rounds of torn and junk tails
 #   make bench      benchmarks; writes docs/benchmarks.md figures to stdout
 #   make fuzz       short libFuzzer runs of every parser (clang)
 #   make clean
@@ -156,6 +157,7 @@ test-run:
 torture: deps
 	@$(MAKE) --no-print-directory -j$(NPROC) all
 	RINGMQ_TORTURE=1 $(BUILD)/tests/broker/test_crash
+	RINGMQ_TORTURE=1 $(BUILD)/tests/broker/test_torn
 
 demo: deps
 	@$(MAKE) --no-print-directory -j$(NPROC) all
