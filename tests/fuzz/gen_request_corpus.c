@@ -56,6 +56,16 @@ static void request(struct pw *w, uint16_t api, uint32_t cid, const union proto_
 	proto_frame_end(w, start);
 }
 
+/* A non-empty body of zeros: an API nobody filled in here. */
+static bool body_all_zeros(const struct pr *body)
+{
+	size_t n = pr_left(body);
+	for (size_t i = 0; i < n; i++)
+		if (body->p[i] != 0)
+			return false;
+	return n > 0;
+}
+
 /* The corpus must hold a valid example of every API: each frame written
  * decodes, and one whose body is all zeros is an API nobody filled in here. */
 static void check_request(const struct pw *w, const char *name)
@@ -67,12 +77,8 @@ static void check_request(const struct pw *w, const char *name)
 	union proto_request rq;
 	if (w->failed || proto_req_header(w->buf, (uint32_t)w->len, &h, &body) != 0)
 		die(name);
-	size_t n = pr_left(&body);
-	bool zeros = n > 0;
-	for (size_t i = 0; i < n; i++)
-		zeros = zeros && body.p[i] == 0;
 	arena_init(&a, mem, sizeof(mem));
-	if (zeros || proto_decode_request(h.api, h.version, &body, &a, &rq) != 0) {
+	if (body_all_zeros(&body) || proto_decode_request(h.api, h.version, &body, &a, &rq) != 0) {
 		fprintf(stderr, "gen_request_corpus: %s: not a valid, filled-in request\n", name);
 		exit(1);
 	}
@@ -87,12 +93,8 @@ static void check_response(const struct pw *w, uint16_t api, const char *name)
 	union proto_response rs;
 	if (w->failed || proto_resp_header(w->buf, (uint32_t)w->len, &h, &body) != 0)
 		die(name);
-	size_t n = pr_left(&body);
-	bool zeros = n > 0;
-	for (size_t i = 0; i < n; i++)
-		zeros = zeros && body.p[i] == 0;
 	arena_init(&a, mem, sizeof(mem));
-	if (zeros || proto_decode_response(api, 0, &body, &a, &rs) != 0) {
+	if (body_all_zeros(&body) || proto_decode_response(api, 0, &body, &a, &rs) != 0) {
 		fprintf(stderr, "gen_request_corpus: %s: not a valid, filled-in response\n", name);
 		exit(1);
 	}

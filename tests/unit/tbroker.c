@@ -22,17 +22,9 @@
 
 #include "tests/unit/testutil.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define TB_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TB_ASAN 1
-#endif
-#endif
-
 void tb_small_asan_quarantine(void)
 {
-#ifdef TB_ASAN
+#ifdef ASAN_BUILD
 	const char *old = getenv("ASAN_OPTIONS");
 	char opts[1024];
 	snprintf(opts, sizeof(opts), "%s%squarantine_size_mb=16", old ? old : "",

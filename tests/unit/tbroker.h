@@ -27,6 +27,16 @@ struct tbroker {
  * in main(). */
 void tb_small_asan_quarantine(void);
 
+/* ASAN_BUILD: defined when this test is built with AddressSanitizer, whose
+ * shadow memory and slower code some bounds must allow for. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ASAN_BUILD 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ASAN_BUILD 1
+#endif
+#endif
+
 /* Starts ringmqd with a fresh data dir (or `dir` if not NULL, e.g. for a
  * restart) and extra arguments (NULL-terminated, may be NULL). Waits up to
  * 10 s for "ringmqd: ready on ...". Returns 0 or -1. */

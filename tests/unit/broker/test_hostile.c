@@ -37,14 +37,6 @@
 #define MIB (1024 * 1024)
 #define MAX_FDS 4096
 
-#if defined(__SANITIZE_ADDRESS__)
-#define ASAN_BUILD 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define ASAN_BUILD 1
-#endif
-#endif
-
 /* Under ASan a broker's RSS also holds shadow memory and freed blocks in
  * quarantine (kept small by main), and its code runs a few times slower:
  * the bounds allow for both. */

@@ -46,14 +46,6 @@
 #define MIB (1024 * 1024)
 #define KIB 1024
 
-#if defined(__SANITIZE_ADDRESS__)
-#define ASAN_BUILD 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define ASAN_BUILD 1
-#endif
-#endif
-
 /* Under ASan a broker's RSS also holds shadow memory and a quarantine of
  * freed blocks (kept small by main), and it runs a few times slower. */
 #ifdef ASAN_BUILD
